@@ -1,0 +1,38 @@
+# Every target does its own set-up: a fresh clone needs nothing but `make test` / `make demo`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.nnunet-shape-installed
+
+.PHONY: test test-slow test-all demo bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch exactly as DEVELOPERS.md says: these builds lie on the machine's disk and torchvision
+	# must match torch or nnU-Net's trainer lookup fails.
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+# The default suite: unit tests plus the short end-to-end runs of nnU-Net's real CLIs.
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" tests
+
+# Longer end-to-end runs (the 2D configuration, resume, demo smoke run).
+test-slow: $(STAMP)
+	$(PY) -m pytest -m "slow" tests
+
+test-all: $(STAMP)
+	$(PY) -m pytest tests
+
+demo: $(STAMP)
+	$(PY) -m nnunet_shape.demo --output demo_output
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py --output benchmarks/results.md
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

@@ -1,0 +1,73 @@
+"""The ``nnunet-shape`` command: one sub-command per feature.
+
+Each sub-command lives in the module that owns the feature and exposes ``main(argv) -> int``;
+this file only dispatches, and imports lazily so that ``nnunet-shape trainers-dir`` stays fast
+(no torch, no nnU-Net import).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Callable, Sequence
+
+# sub-command -> ("module", "function", one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "trainers-dir": ("nnunet_shape.cli", "trainers_dir_main",
+                     "print the folder to put in nnUNet_extTrainer"),
+    "phantoms": ("nnunet_shape.phantoms", "main",
+                 "write synthetic knee phantoms as an nnU-Net raw dataset"),
+    "determine-postprocessing": ("nnunet_shape.postprocessing_cli", "determine_main",
+                                 "decide largest-component postprocessing from cross-validation"),
+    "apply-postprocessing": ("nnunet_shape.postprocessing_cli", "apply_main",
+                             "apply a postprocessing.pkl to a prediction folder (GPU or CPU)"),
+    "evaluate": ("nnunet_shape.evaluate", "main",
+                 "Dice per class and descriptor errors of a prediction folder"),
+    "placeholder-labels": ("nnunet_shape.label_free", "placeholder_labels_main",
+                           "write placeholder labelsTr for a label-free dataset"),
+}
+
+
+def trainers_directory() -> str:
+    """Absolute path of the shipped ``trainers/`` folder (the value for ``nnUNet_extTrainer``).
+
+    Works for an editable install (the source folder ``trainers/``) and for a wheel install
+    (the folder is shipped as the package ``nnunet_shape_trainers``).
+    """
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("nnunet_shape_trainers")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("nnunet_shape_trainers is not installed: reinstall nnunet-shape "
+                           "(pip install -e . or pip install .)")
+    return os.path.abspath(list(spec.submodule_search_locations)[0])
+
+
+def trainers_dir_main(argv: Sequence[str]) -> int:
+    print(trainers_directory())
+    return 0
+
+
+def _usage() -> str:
+    lines = ["usage: nnunet-shape <command> [options]", "", "commands:"]
+    lines += [f"  {name:<26} {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"nnunet-shape: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, function_name, _ = SUBCOMMANDS[name]
+    function: Callable[[Sequence[str]], int] = getattr(importlib.import_module(module_name), function_name)
+    return int(function(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
