@@ -1,0 +1,294 @@
+"""nnU-Net trainers supervised by shape descriptors only (papers 000 and 001).
+
+The network sees the whole scan (``nnUNetTrainerWholeScan``); the loss is the extended
+log-barrier on per-class descriptors (``nnunet_shape.losses``) - no voxel loss at all. Targets
+are computed from the (augmented) label map of each case in the batch, in physical units: the
+preprocessed spacing of that case. Checkpoints are selected by descriptor satisfaction on the
+validation cases, never by a voxel metric.
+
+Variants follow nnU-Net's idiom: small subclasses that change class attributes
+(``nnUNetTrainerShapeDescriptorsVC``, ``..._5epochs``, ``..._debug``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join, load_pickle
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+
+from nnunet_shape.barrier import BarrierSchedule
+from nnunet_shape.losses import ShapeDescriptorLoss
+from nnunet_shape.training.progress import plot_descriptor_progress
+from nnunet_shape.training.whole_scan import nnUNetTrainerWholeScan
+
+#: logger keys added by the descriptor trainers (one value per epoch, as nnU-Net's logger wants)
+T_KEY = "barrier_t"
+TRAIN_SATISFACTION_KEY = "train_descriptor_satisfaction"
+VAL_SATISFACTION_KEY = "val_descriptor_satisfaction"
+EMA_SATISFACTION_KEY = "ema_val_descriptor_satisfaction"
+
+
+def preprocessed_spacing(properties: dict, preprocessed_shape: Sequence[int], transpose_forward: Sequence[int]
+                         ) -> tuple[float, ...]:
+    """Effective voxel spacing of a preprocessed case, in the preprocessed (transposed) axis order.
+
+    nnU-Net resamples to the target spacing but rounds the shape, so the exact spacing is the
+    cropped extent divided by the preprocessed shape.
+    """
+    spacing = np.asarray(properties["spacing"], dtype=np.float64)[list(transpose_forward)]
+    shape_before = np.asarray(properties["shape_after_cropping_and_before_resampling"], dtype=np.float64)
+    return tuple(float(v) for v in spacing * shape_before / np.asarray(preprocessed_shape, dtype=np.float64))
+
+
+class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
+    """Paper 000's best setting: volume + centroid + spread (V+C+D), extended log-barrier, no voxel loss."""
+
+    descriptors: tuple[str, ...] = ("volume", "centroid", "spread")
+    relative_margin: float = 0.1
+    #: absolute half-widths in mm: relative +-10 % means nothing for a coordinate near the origin
+    absolute_margin: dict = {"centroid": 2.0}
+    #: t-schedule: paper 000 keeps t = 5; paper 001 starts at 1 and multiplies by 1.1 per epoch
+    barrier_t0: float = 5.0
+    barrier_factor: float = 1.0
+    barrier_t_max: float | None = None
+    use_deep_supervision: bool = False
+    initial_learning_rate: float = 1e-2
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = self.initial_learning_rate
+        self.barrier_schedule = BarrierSchedule(self.barrier_t0, self.barrier_factor, self.barrier_t_max)
+        self._case_spacing: dict[str, tuple[float, ...]] = {}
+        self._best_satisfaction: float | None = None
+        for key in (T_KEY, TRAIN_SATISFACTION_KEY, VAL_SATISFACTION_KEY, EMA_SATISFACTION_KEY):
+            self.logger.local_logger.my_fantastic_logging[key] = []
+        for name in self.descriptors:
+            self.logger.local_logger.my_fantastic_logging[f"val_satisfied_{name}"] = []
+
+    # ----------------------------------------------------------------------------------- loss
+    def _build_loss(self):
+        regions = self.label_manager.has_regions
+        return ShapeDescriptorLoss(descriptors=self.descriptors, t=self.barrier_schedule.t,
+                                   relative_margin=self.relative_margin,
+                                   absolute_margin=dict(self.absolute_margin),
+                                   include_background=regions)
+
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        # descriptors are sums over the whole scan: compute them in float32 even under autocast
+        logits = logits.float()
+        return torch.sigmoid(logits) if self.label_manager.has_regions else torch.softmax(logits, 1)
+
+    def _loss_target(self, target: torch.Tensor):
+        """Label map for label-based training; for regions, the region masks' descriptors."""
+        return target.float() if self.label_manager.has_regions else target
+
+    def _batch_spacing(self, keys: Sequence[str], patch_ndim: int) -> torch.Tensor:
+        """(B, D) spacing of the cases in the batch, read once per case from its properties."""
+        rows = []
+        for key in keys:
+            if key not in self._case_spacing:
+                properties = load_pickle(join(self.preprocessed_dataset_folder, key + ".pkl"))
+                dataset = self.dataset_class(self.preprocessed_dataset_folder, [key])
+                data, _, _, _ = dataset.load_case(key)
+                self._case_spacing[key] = preprocessed_spacing(
+                    properties, data.shape[1:], self.plans_manager.transpose_forward)
+            rows.append(self._case_spacing[key][-patch_ndim:])
+        return torch.tensor(rows, dtype=torch.float32, device=self.device)
+
+    def _descriptor_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = (target[0] if isinstance(target, list) else target).to(self.device, non_blocking=True)
+        spacing = self._batch_spacing(batch["keys"], data.ndim - 2)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            output = self.network(data)
+        output = output[0] if isinstance(output, (list, tuple)) else output
+        result = self.loss(self._probabilities(output), self._loss_target(target), spacing, return_result=True)
+        satisfied = {f"satisfied_{name}": result.satisfied[name].detach().cpu().numpy()
+                     for name in self.descriptors}
+        return result.loss, {"output": output, "target": target, **satisfied}
+
+    def train_step(self, batch: dict) -> dict:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, extras = self._descriptor_step(batch)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy(),
+                **{k: v for k, v in extras.items() if k.startswith("satisfied_")}}
+
+    def validation_step(self, batch: dict) -> dict:
+        loss, extras = self._descriptor_step(batch)
+        output, target = extras.pop("output"), extras.pop("target")
+        # pseudo Dice for information only (checkpoints are chosen by descriptor satisfaction)
+        tp, fp, fn = self._pseudo_dice_counts(output, target)
+        return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp, "fp_hard": fp, "fn_hard": fn, **extras}
+
+    def _pseudo_dice_counts(self, output: torch.Tensor, target: torch.Tensor):
+        from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
+
+        axes = [0] + list(range(2, output.ndim))
+        if self.label_manager.has_regions:
+            prediction = (torch.sigmoid(output) > 0.5).long()
+        else:
+            prediction = torch.zeros(output.shape, device=output.device, dtype=torch.float16)
+            prediction.scatter_(1, output.argmax(1, keepdim=True), 1)
+        tp, fp, fn, _ = get_tp_fp_fn_tn(prediction, target, axes=axes, mask=None)
+        tp, fp, fn = (v.detach().cpu().numpy() for v in (tp, fp, fn))
+        if not self.label_manager.has_regions:
+            tp, fp, fn = tp[1:], fp[1:], fn[1:]
+        return tp, fp, fn
+
+    # ------------------------------------------------------------------------------- logging
+    def _classes_for_report(self) -> list[str]:
+        names = {int(v) if not isinstance(v, (list, tuple)) else tuple(v): k
+                 for k, v in self.dataset_json["labels"].items()}
+        if self.label_manager.has_regions:
+            return [names.get(tuple(r), str(r)) if isinstance(r, (list, tuple)) else names.get(r, str(r))
+                    for r in self.label_manager.foreground_regions]
+        return [names.get(label, str(label)) for label in self.label_manager.foreground_labels]
+
+    def _satisfaction_per_class(self, outputs: dict) -> dict[str, np.ndarray]:
+        """Fraction of cases in which each descriptor of each foreground class was within bounds."""
+        first = 0 if self.label_manager.has_regions else 1  # no background row in region training
+        return {name: np.asarray(outputs[f"satisfied_{name}"], dtype=np.float64).reshape(
+                    -1, np.asarray(outputs[f"satisfied_{name}"]).shape[-1])[:, first:].mean(0)
+                for name in self.descriptors}
+
+    def on_train_epoch_start(self):
+        self.loss.t = self.barrier_schedule.t
+        self.logger.log(T_KEY, self.barrier_schedule.t, self.current_epoch)
+        super().on_train_epoch_start()
+        self.print_to_log_file(f"barrier t: {self.barrier_schedule.t:.4g}")
+
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        super().on_train_epoch_end([{"loss": o["loss"]} for o in train_outputs])
+        per_class = self._satisfaction_per_class(collate_outputs(train_outputs))
+        self.logger.log(TRAIN_SATISFACTION_KEY, float(np.mean([v.mean() for v in per_class.values()])),
+                        self.current_epoch)
+
+    def on_validation_epoch_end(self, val_outputs: list[dict]):
+        super().on_validation_epoch_end(val_outputs)
+        per_class = self._satisfaction_per_class(collate_outputs(val_outputs))
+        overall = float(np.mean([v.mean() for v in per_class.values()]))
+        previous = self.logger.get_value(EMA_SATISFACTION_KEY, step=None)
+        ema = overall if len(previous) == 0 else 0.9 * previous[-1] + 0.1 * overall
+        self.logger.log(VAL_SATISFACTION_KEY, overall, self.current_epoch)
+        self.logger.log(EMA_SATISFACTION_KEY, ema, self.current_epoch)
+        for name, fractions in per_class.items():
+            self.logger.log(f"val_satisfied_{name}", [float(f) for f in fractions], self.current_epoch)
+
+    def _print_descriptor_report(self) -> None:
+        epoch = self.current_epoch
+        self.print_to_log_file(
+            f"descriptor loss (train/val): {self.logger.get_value('train_losses', step=-1):.4f} / "
+            f"{self.logger.get_value('val_losses', step=-1):.4f}; t = {self.logger.get_value(T_KEY, step=-1):.4g}")
+        classes = self._classes_for_report()
+        for name in self.descriptors:
+            fractions = self.logger.get_value(f"val_satisfied_{name}", step=epoch)
+            cells = ", ".join(f"{c}: {f:.2f}" for c, f in zip(classes, fractions))
+            self.print_to_log_file(f"descriptor satisfied (val) {name:<10} {cells}")
+        self.print_to_log_file(
+            f"descriptor satisfaction (train/val/val EMA): "
+            f"{self.logger.get_value(TRAIN_SATISFACTION_KEY, step=-1):.3f} / "
+            f"{self.logger.get_value(VAL_SATISFACTION_KEY, step=-1):.3f} / "
+            f"{self.logger.get_value(EMA_SATISFACTION_KEY, step=-1):.3f}")
+
+    def on_epoch_end(self):
+        # nnU-Net's on_epoch_end picks checkpoint_best by EMA pseudo Dice (a voxel metric); here
+        # the best checkpoint is the one with the best EMA descriptor satisfaction on validation.
+        self.logger.log("epoch_end_timestamps", time.time(), self.current_epoch)
+        self.print_to_log_file("train_loss", np.round(self.logger.get_value("train_losses", step=-1), decimals=4))
+        self.print_to_log_file("val_loss", np.round(self.logger.get_value("val_losses", step=-1), decimals=4))
+        self._print_descriptor_report()
+        self.print_to_log_file("Pseudo dice (information only)",
+                               [np.round(i, decimals=4) for i in
+                                self.logger.get_value("dice_per_class_or_region", step=-1)])
+        self.print_to_log_file(
+            f"Epoch time: {np.round(self.logger.get_value('epoch_end_timestamps', step=-1) - self.logger.get_value('epoch_start_timestamps', step=-1), decimals=2)} s")
+        if (self.current_epoch + 1) % self.save_every == 0 and self.current_epoch != (self.num_epochs - 1):
+            self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
+        ema = self.logger.get_value(EMA_SATISFACTION_KEY, step=-1)
+        if self._best_satisfaction is None or ema > self._best_satisfaction:
+            self._best_satisfaction = ema
+            self.print_to_log_file(f"New best EMA descriptor satisfaction: {np.round(ema, decimals=4)}")
+            self.save_checkpoint(join(self.output_folder, "checkpoint_best.pth"))
+        if self.local_rank == 0:
+            self.logger.plot_progress_png(self.output_folder)
+            plot_descriptor_progress(self.logger.local_logger.my_fantastic_logging, self.descriptors,
+                                     self._classes_for_report(), self.output_folder)
+        self.barrier_schedule.step()
+        self.current_epoch += 1
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        # t and the best satisfaction live in the checkpoint's logging dict: t of the last
+        # finished epoch, stepped once, is the t of the epoch we resume at.
+        logged_t = self.logger.get_value(T_KEY, step=None)
+        if len(logged_t) > 0:
+            self.barrier_schedule.t = float(logged_t[-1])
+            self.barrier_schedule.step()
+        ema = self.logger.get_value(EMA_SATISFACTION_KEY, step=None)
+        self._best_satisfaction = max(ema) if len(ema) > 0 else None
+
+
+class nnUNetTrainerShapeDescriptorsVC(nnUNetTrainerShapeDescriptors):
+    """Volume + centroid only (paper 000, Table 1, row 2)."""
+
+    descriptors = ("volume", "centroid")
+
+
+class nnUNetTrainerShapeDescriptorsVCDS(nnUNetTrainerShapeDescriptors):
+    """Volume + centroid + spread + surface (paper 001's length descriptor, in 3D: the surface)."""
+
+    descriptors = ("volume", "centroid", "spread", "surface")
+
+
+class nnUNetTrainerShapeFullSupervision(nnUNetTrainerWholeScan):
+    """Reference row of Table 1: nnU-Net's DC+CE loss (deep supervision) on the same whole-scan
+    STD/EXP setup."""
+
+
+#: training-length variants in nnU-Net's naming style: (suffix, epochs, iterations, val iterations)
+LENGTH_VARIANTS: tuple[tuple[str, int, int, int], ...] = (
+    ("_5epochs", 5, 250, 50),
+    ("_50epochs", 50, 250, 50),
+    ("_250epochs", 250, 250, 50),
+    # smoke tests: one epoch of a handful of iterations and a tiny validation
+    ("_debug", 1, 3, 1),
+)
+BASE_TRAINERS = (nnUNetTrainerShapeDescriptors, nnUNetTrainerShapeDescriptorsVC,
+                 nnUNetTrainerShapeDescriptorsVCDS, nnUNetTrainerShapeFullSupervision)
+
+
+def _length_variant(base: type, suffix: str, epochs: int, iterations: int, val_iterations: int) -> type:
+    """``base`` with another training length; defined in this module so that it pickles."""
+    return type(base.__name__ + suffix, (base,), {
+        "__module__": __name__,
+        "__doc__": f"{base.__name__} for {epochs} epoch(s) of {iterations} iterations.",
+        "training_epochs": epochs, "iterations_per_epoch": iterations, "val_iterations_per_epoch": val_iterations,
+    })
+
+
+for _base in BASE_TRAINERS:
+    for _suffix, _epochs, _iterations, _val_iterations in LENGTH_VARIANTS:
+        _variant = _length_variant(_base, _suffix, _epochs, _iterations, _val_iterations)
+        globals()[_variant.__name__] = _variant
+
+TRAINER_NAMES: tuple[str, ...] = tuple(
+    [b.__name__ for b in BASE_TRAINERS] + [b.__name__ + v[0] for b in BASE_TRAINERS for v in LENGTH_VARIANTS])
+__all__ = list(TRAINER_NAMES)

@@ -1,0 +1,89 @@
+"""Tiny nnU-Net raw datasets and a runner for nnU-Net's real console scripts (end-to-end tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def ellipsoid(shape: Sequence[int], centre: Sequence[float], radii: Sequence[float]) -> np.ndarray:
+    grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii)) <= 1.0
+
+
+def write_tiny_dataset(raw_root: Path, dataset_id: int = 701, name: str = "Tiny", n_train: int = 5,
+                       n_test: int = 1, seed: int = 0, shape: Sequence[int] = (12, 24, 20),
+                       spacing_zyx: Sequence[float] = (2.0, 1.0, 1.0)) -> Path:
+    """Two ellipsoid classes in noise, slightly different shapes per case (array order z, y, x)."""
+    rng = np.random.default_rng(seed)
+    folder = raw_root / f"Dataset{dataset_id:03d}_{name}"
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+
+    def case(index: int, images: str, labels: str) -> None:
+        case_shape = tuple(int(s + rng.integers(-1, 2)) for s in shape)  # cases differ in size
+        labels_array = np.zeros(case_shape, dtype=np.uint8)
+        centre = np.array(case_shape) / 2 + rng.uniform(-1.5, 1.5, size=3)
+        labels_array[ellipsoid(case_shape, centre - [0, 4, 0], (3, 4, 4))] = 1
+        labels_array[ellipsoid(case_shape, centre + [0, 5, 0], (2.5, 3, 5))] = 2
+        image = rng.normal(0.0, 0.3, size=case_shape) + np.array([0.0, 2.0, -1.5])[labels_array]
+        for array, path in ((image.astype(np.float32), folder / images / f"case_{index:03d}_0000.nii.gz"),
+                            (labels_array, folder / labels / f"case_{index:03d}.nii.gz")):
+            itk = sitk.GetImageFromArray(array)
+            itk.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
+            itk.SetOrigin((10.0, -5.0, 3.0))
+            sitk.WriteImage(itk, str(path))
+
+    for i in range(n_train):
+        case(i, "imagesTr", "labelsTr")
+    for i in range(n_train, n_train + n_test):
+        case(i, "imagesTs", "labelsTs")
+    dataset_json = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "blob_a": 1, "blob_b": 2},
+                    "numTraining": n_train, "file_ending": ".nii.gz", "name": name}
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    return folder
+
+
+def nnunet_env(root: Path, **extra: str) -> dict[str, str]:
+    """Environment for nnU-Net's console scripts: paths in ``root``, our trainers, CPU-sized workers."""
+    from nnunet_shape.cli import trainers_directory
+
+    env = dict(os.environ)
+    env.update({
+        "nnUNet_raw": str(root / "nnUNet_raw"),
+        "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
+        "nnUNet_results": str(root / "nnUNet_results"),
+        "nnUNet_extTrainer": trainers_directory(),
+        "nnUNet_def_n_proc": "1",
+        "nnUNet_compile": "false",
+        "OMP_NUM_THREADS": "2",
+        "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+    })
+    env.update(extra)
+    return env
+
+
+def run_cli(args: Sequence[str], env: Mapping[str, str], log: Path | None = None, timeout: float = 900
+            ) -> subprocess.CompletedProcess:
+    """Run a console script; on failure raise with its output (the test log then shows why)."""
+    completed = subprocess.run(list(args), env=dict(env), capture_output=True, text=True, timeout=timeout)
+    if log is not None:
+        log.write_text(completed.stdout + "\n--- stderr ---\n" + completed.stderr)
+    if completed.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed with exit code {completed.returncode}\n"
+                             f"--- stdout ---\n{completed.stdout[-6000:]}\n--- stderr ---\n{completed.stderr[-6000:]}")
+    return completed
+
+
+def train_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Training only: nnUNet_n_proc_DA=0 gives a single-threaded augmenter (it breaks planning)."""
+    return {**env, "nnUNet_n_proc_DA": "0"}

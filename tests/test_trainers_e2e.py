@@ -1,0 +1,95 @@
+"""End to end through nnU-Net's real console scripts: plan, train on the whole scan, predict.
+
+One tiny dataset (5 training cases of two classes, cases of different sizes) is planned once per
+session; each test trains a ``_debug`` trainer on CPU and predicts the test case.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from e2e_helpers import nnunet_env, run_cli, train_env, write_tiny_dataset
+
+DATASET = "Dataset701_Tiny"
+
+
+@pytest.fixture(scope="session")
+def planned(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("nnunet")
+    write_tiny_dataset(root / "nnUNet_raw")
+    env = nnunet_env(root)
+    run_cli(["nnUNetv2_plan_and_preprocess", "-d", "701", "-c", "3d_fullres", "2d", "-np", "1",
+             "--verify_dataset_integrity"], env)
+    return root, env
+
+
+def preprocessed_shapes(root: Path, identifier: str) -> list[tuple[int, ...]]:
+    import blosc2
+
+    folder = root / "nnUNet_preprocessed" / DATASET / identifier
+    return [tuple(blosc2.open(str(f)).shape[1:]) for f in sorted(folder.glob("*.b2nd")) if not f.name.endswith("_seg.b2nd")]
+
+
+def train_and_predict(root: Path, env: dict, configuration: str, trainer: str) -> tuple[Path, str]:
+    train = run_cli(["nnUNetv2_train", "701", configuration, "0", "-tr", trainer, "-device", "cpu"],
+                    train_env(env), log=root / f"train_{trainer}_{configuration}.log")
+    predictions = root / f"pred_{trainer}_{configuration}"
+    run_cli(["nnUNetv2_predict", "-i", str(root / "nnUNet_raw" / DATASET / "imagesTs"), "-o", str(predictions),
+             "-d", "701", "-c", configuration, "-f", "0", "-tr", trainer, "-device", "cpu",
+             "-npp", "1", "-nps", "1", "--disable_tta"], env)
+    return predictions, train.stdout
+
+
+def results_folder(root: Path, trainer: str, configuration: str) -> Path:
+    return root / "nnUNet_results" / DATASET / f"{trainer}__nnUNetPlans__{configuration}"
+
+
+def assert_same_geometry(predictions: Path, images: Path) -> None:
+    predicted = sorted(predictions.glob("*.nii.gz"))
+    assert len(predicted) == len(list(images.glob("*_0000.nii.gz"))) > 0
+    for prediction in predicted:
+        image = sitk.ReadImage(str(images / prediction.name.replace(".nii.gz", "_0000.nii.gz")))
+        seg = sitk.ReadImage(str(prediction))
+        assert seg.GetSize() == image.GetSize()
+        assert np.allclose(seg.GetSpacing(), image.GetSpacing())
+        assert np.allclose(seg.GetOrigin(), image.GetOrigin())
+        assert np.allclose(seg.GetDirection(), image.GetDirection())
+        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("configuration", ["3d_fullres"])
+def test_descriptor_trainer_end_to_end(planned, configuration):
+    root, env = planned
+    trainer = "nnUNetTrainerShapeDescriptors_debug"
+    predictions, stdout = train_and_predict(root, env, configuration, trainer)
+    results = results_folder(root, trainer, configuration)
+    plans = json.loads((results / "plans.json").read_text())
+    config = plans["configurations"][configuration]
+    # the whole scan is one patch: the saved patch covers every preprocessed case
+    for shape in preprocessed_shapes(root, config["data_identifier"]):
+        assert all(p >= s for p, s in zip(config["patch_size"], shape)), (config["patch_size"], shape)
+    assert config["architecture"]["network_class_name"] == "nnunet_shape.network.std_exp.STDEXPNet"
+    assert 1 <= config["batch_size"] <= 2
+    log = next((results / "fold_0").glob("training_log_*.txt")).read_text()
+    assert "descriptor satisfied (val) volume" in log and "barrier t: 5" in log
+    assert (results / "fold_0" / "progress_descriptors.png").is_file()
+    assert (results / "fold_0" / "checkpoint_final.pth").is_file()
+    assert_same_geometry(predictions, root / "nnUNet_raw" / DATASET / "imagesTs")
+
+
+@pytest.mark.slow
+def test_descriptor_trainer_end_to_end_2d(planned):
+    root, env = planned
+    trainer = "nnUNetTrainerShapeDescriptors_debug"
+    predictions, _ = train_and_predict(root, env, "2d", trainer)
+    plans = json.loads((results_folder(root, trainer, "2d") / "plans.json").read_text())
+    config = plans["configurations"]["2d"]
+    assert len(config["patch_size"]) == 2
+    for shape in preprocessed_shapes(root, config["data_identifier"]):
+        assert all(p >= s for p, s in zip(config["patch_size"], shape[1:]))
+    assert_same_geometry(predictions, root / "nnUNet_raw" / DATASET / "imagesTs")
