@@ -13,19 +13,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from e2e_helpers import nnunet_env, run_cli, train_env, write_tiny_dataset
+from e2e_helpers import run_cli, train_env
 
 DATASET = "Dataset701_Tiny"
-
-
-@pytest.fixture(scope="session")
-def planned(tmp_path_factory) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("nnunet")
-    write_tiny_dataset(root / "nnUNet_raw")
-    env = nnunet_env(root)
-    run_cli(["nnUNetv2_plan_and_preprocess", "-d", "701", "-c", "3d_fullres", "2d", "-np", "1",
-             "--verify_dataset_integrity"], env)
-    return root, env
 
 
 def preprocessed_shapes(root: Path, identifier: str) -> list[tuple[int, ...]]:

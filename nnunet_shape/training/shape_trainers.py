@@ -39,7 +39,9 @@ def preprocessed_spacing(properties: dict, preprocessed_shape: Sequence[int], tr
     """Effective voxel spacing of a preprocessed case, in the preprocessed (transposed) axis order.
 
     nnU-Net resamples to the target spacing but rounds the shape, so the exact spacing is the
-    cropped extent divided by the preprocessed shape.
+    cropped extent divided by the preprocessed shape. ``properties["spacing"]`` is in the raw
+    axis order; ``shape_after_cropping_and_before_resampling`` is already transposed (nnU-Net
+    transposes, then crops).
     """
     spacing = np.asarray(properties["spacing"], dtype=np.float64)[list(transpose_forward)]
     shape_before = np.asarray(properties["shape_after_cropping_and_before_resampling"], dtype=np.float64)
@@ -258,6 +260,15 @@ class nnUNetTrainerShapeDescriptorsVCDS(nnUNetTrainerShapeDescriptors):
     descriptors = ("volume", "centroid", "spread", "surface")
 
 
+class nnUNetTrainerShapeDescriptorsGrowingT(nnUNetTrainerShapeDescriptors):
+    """V+C+D with paper 001's schedule: t starts at 1 and grows by 1.1 per epoch (capped at 100),
+    so the bounds tighten as training goes on."""
+
+    barrier_t0 = 1.0
+    barrier_factor = 1.1
+    barrier_t_max = 100.0
+
+
 class nnUNetTrainerShapeFullSupervision(nnUNetTrainerWholeScan):
     """Reference row of Table 1: nnU-Net's DC+CE loss (deep supervision) on the same whole-scan
     STD/EXP setup."""
@@ -272,7 +283,8 @@ LENGTH_VARIANTS: tuple[tuple[str, int, int, int], ...] = (
     ("_debug", 1, 3, 1),
 )
 BASE_TRAINERS = (nnUNetTrainerShapeDescriptors, nnUNetTrainerShapeDescriptorsVC,
-                 nnUNetTrainerShapeDescriptorsVCDS, nnUNetTrainerShapeFullSupervision)
+                 nnUNetTrainerShapeDescriptorsVCDS, nnUNetTrainerShapeDescriptorsGrowingT,
+                 nnUNetTrainerShapeFullSupervision)
 
 
 def _length_variant(base: type, suffix: str, epochs: int, iterations: int, val_iterations: int) -> type:

@@ -24,15 +24,10 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunet_shape.network.std_exp import STD_EXP_CLASS_NAME, std_exp_arch_kwargs
+from nnunet_shape.network.std_exp import STD_EXP_CLASS_NAME, std_exp_arch_kwargs, total_stride
 
 #: environment variable: activation-memory budget (GiB) used to choose the batch size.
 MEMORY_BUDGET_ENV = "nnUNetShape_memory_budget_gb"
-
-
-def total_stride(strides: Sequence[Sequence[int]]) -> tuple[int, ...]:
-    """Product of the per-stage strides per axis: every patch axis must be divisible by it."""
-    return tuple(int(v) for v in np.prod(np.asarray(strides, dtype=np.int64), axis=0))
 
 
 def round_up_to_multiple(shape: Sequence[int], divisors: Sequence[int]) -> tuple[int, ...]:
@@ -63,7 +58,7 @@ def whole_scan_patch_size(case_shapes: Sequence[Sequence[int]], strides: Sequenc
     """
     shapes = np.asarray([s[1:] if two_d else s for s in case_shapes], dtype=np.int64)
     largest = shapes.max(axis=0)
-    return round_up_to_multiple(largest, total_stride(strides))
+    return round_up_to_multiple(largest, total_stride(strides, len(largest)))
 
 
 def adapt_plans_for_whole_scan(plans: dict, configuration: str, patch_size: Sequence[int],

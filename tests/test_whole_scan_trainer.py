@@ -1,0 +1,175 @@
+"""The whole-scan trainers in-process: plans edits, whole-case loading, t-schedule resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_shape.training.shape_trainers import (
+    TRAINER_NAMES,
+    nnUNetTrainerShapeDescriptors,
+    nnUNetTrainerShapeDescriptorsGrowingT,
+    preprocessed_spacing,
+)
+from nnunet_shape.training.whole_scan import (
+    WholeCaseDataLoader,
+    adapt_plans_for_whole_scan,
+    centred_lower_bound,
+    round_up_to_multiple,
+    whole_scan_patch_size,
+)
+
+DATASET = "Dataset701_Tiny"
+
+
+@pytest.mark.parametrize("shape, divisors, expected", [
+    ((12, 24, 20), (2, 4, 4), (12, 24, 20)),
+    ((13, 25, 21), (2, 4, 4), (14, 28, 24)),
+    ((1, 1), (8, 8), (8, 8)),
+    ((33,), (32,), (64,)),
+])
+def test_round_up_to_multiple(shape, divisors, expected):
+    assert round_up_to_multiple(shape, divisors) == expected
+
+
+def test_whole_scan_patch_size_3d_and_2d():
+    shapes = [(12, 24, 20), (13, 23, 21), (11, 25, 19)]
+    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
+    assert whole_scan_patch_size(shapes, strides, two_d=False) == (14, 28, 24)
+    # 2D: one slice of the in-plane axes
+    assert whole_scan_patch_size(shapes, [[1, 1], [2, 2], [2, 2]], two_d=True) == (28, 24)
+
+
+@pytest.mark.parametrize("case, patch, expected", [(10, 10, 0), (10, 14, -2), (11, 14, -1), (9, 14, -2)])
+def test_centred_lower_bound(case, patch, expected):
+    lower = centred_lower_bound(case, patch)
+    assert lower == expected
+    # the case fits in the patch, with at most one voxel more padding after than before
+    before, after = -lower, patch - case + lower
+    assert before >= 0 and after >= 0 and after - before in (0, 1)
+
+
+def test_adapt_plans_resolves_inheritance_and_sets_network(planned):
+    root, _ = planned
+    plans = json.loads((root / "nnUNet_preprocessed" / DATASET / "nnUNetPlans.json").read_text())
+    plans["configurations"]["3d_child"] = {"inherits_from": "3d_fullres", "batch_size": 7}
+    adapt_plans_for_whole_scan(plans, "3d_child", (14, 28, 24), 1)
+    child = plans["configurations"]["3d_child"]
+    assert "inherits_from" not in child
+    assert child["patch_size"] == [14, 28, 24] and child["batch_size"] == 1
+    assert child["architecture"]["network_class_name"] == "nnunet_shape.network.std_exp.STDEXPNet"
+    assert child["architecture"]["arch_kwargs"]["std_features"] == 16
+    # the parent is untouched
+    assert plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] != \
+        "nnunet_shape.network.std_exp.STDEXPNet"
+
+
+def test_preprocessed_spacing_is_extent_over_shape():
+    # raw spacing (3.0, 1.0, 0.5) transposed by (2, 0, 1) is (0.5, 3.0, 1.0); the cropped shape is
+    # stored in the transposed order already
+    properties = {"spacing": [3.0, 1.0, 0.5], "shape_after_cropping_and_before_resampling": [80, 10, 40]}
+    spacing = preprocessed_spacing(properties, (40, 15, 40), (2, 0, 1))
+    assert spacing == pytest.approx((1.0, 2.0, 1.0))
+
+
+def test_every_trainer_variant_is_exported_from_the_trainers_folder():
+    import importlib.util
+    from nnunet_shape.cli import trainers_directory
+
+    spec = importlib.util.spec_from_file_location(
+        "shape_descriptor_trainers_probe", Path(trainers_directory()) / "shape_descriptor_trainers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in ("nnUNetTrainerShapeDescriptors", "nnUNetTrainerShapeDescriptorsVC_5epochs",
+                 "nnUNetTrainerShapeDescriptorsVCDS_250epochs", "nnUNetTrainerShapeFullSupervision_debug",
+                 "nnUNetTrainerShapeDescriptors_50epochs"):
+        assert name in TRAINER_NAMES
+        cls = getattr(module, name)
+        # defined in the library (picklable), not in the trainers folder
+        assert cls.__module__ == "nnunet_shape.training.shape_trainers"
+    assert getattr(module, "nnUNetTrainerShapeDescriptorsVC_5epochs").training_epochs == 5
+    assert getattr(module, "nnUNetTrainerShapeDescriptorsVC_5epochs").descriptors == ("volume", "centroid")
+
+
+def make_trainer(root: Path, cls: type, monkeypatch, configuration: str = "3d_fullres"):
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, str(root / name))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("nnUNet_compile", "false")
+    preprocessed = root / "nnUNet_preprocessed" / DATASET
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    return cls(plans, configuration, 0, dataset_json, torch.device("cpu"))
+
+
+class _TwoEpochsGrowingT(nnUNetTrainerShapeDescriptorsGrowingT):
+    training_epochs = 2
+    iterations_per_epoch = 1
+    val_iterations_per_epoch = 1
+
+
+class _ThreeEpochsGrowingT(_TwoEpochsGrowingT):
+    training_epochs = 3
+
+
+def test_whole_case_loader_centres_every_case(planned, monkeypatch):
+    root, _ = planned
+    trainer = make_trainer(root, nnUNetTrainerShapeDescriptors, monkeypatch)
+    trainer.initialize()
+    dataset_tr, _ = trainer.get_tr_and_val_datasets()
+    patch = trainer.configuration_manager.patch_size
+    loader = WholeCaseDataLoader(dataset_tr, 1, patch, patch, trainer.label_manager, transforms=None)
+    for key in dataset_tr.identifiers:
+        data, seg, _, _ = dataset_tr.load_case(key)
+        lower, upper = loader.get_bbox(np.array(data.shape[1:]), force_fg=True, class_locations=None)
+        assert [u - l for l, u in zip(lower, upper)] == list(patch)
+        # the whole case is inside the crop: no foreground voxel is cut off
+        assert all(l <= 0 and u >= s for l, u, s in zip(lower, upper, data.shape[1:]))
+
+
+def test_resume_restores_t_and_best_satisfaction(planned, monkeypatch):
+    root, _ = planned
+    trainer = make_trainer(root, _TwoEpochsGrowingT, monkeypatch)
+    trainer.run_training()
+    assert trainer.logger.get_value("barrier_t", step=None) == pytest.approx([1.0, 1.1])
+    final = Path(trainer.output_folder) / "checkpoint_final.pth"
+    assert final.is_file() and (Path(trainer.output_folder) / "progress_descriptors.png").is_file()
+    best = max(trainer.logger.get_value("ema_val_descriptor_satisfaction", step=None))
+
+    resumed = make_trainer(root, _ThreeEpochsGrowingT, monkeypatch)
+    assert resumed.barrier_schedule.t == pytest.approx(1.0)
+    resumed.load_checkpoint(str(final))
+    # t of epoch 2 = 1.0 * 1.1 ** 2, as if training had never stopped
+    assert resumed.barrier_schedule.t == pytest.approx(1.21)
+    assert resumed.current_epoch == 2
+    assert resumed._best_satisfaction == pytest.approx(best)
+
+
+def test_checkpoint_best_follows_descriptor_satisfaction_not_dice(planned, monkeypatch):
+    root, _ = planned
+    trainer = make_trainer(root, _TwoEpochsGrowingT, monkeypatch)
+    trainer.initialize()
+    saved = []
+    monkeypatch.setattr(trainer, "save_checkpoint", lambda filename: saved.append(Path(filename).name))
+    monkeypatch.setattr(trainer.logger, "plot_progress_png", lambda folder: None)
+    # (EMA descriptor satisfaction, pseudo Dice) per epoch: Dice moves opposite to satisfaction
+    for epoch, (satisfaction, dice) in enumerate([(0.2, 0.9), (0.5, 0.1), (0.4, 1.0)]):
+        log = trainer.logger.log
+        for key, value in [("epoch_start_timestamps", 0.0), ("barrier_t", 1.0), ("lrs", 0.01),
+                           ("train_losses", 1.0), ("val_losses", 1.0), ("mean_fg_dice", dice),
+                           ("dice_per_class_or_region", [dice, dice]),
+                           ("train_descriptor_satisfaction", satisfaction),
+                           ("val_descriptor_satisfaction", satisfaction),
+                           ("ema_val_descriptor_satisfaction", satisfaction)]:
+            log(key, value, epoch)
+        for name in trainer.descriptors:
+            log(f"val_satisfied_{name}", [satisfaction, satisfaction], epoch)
+        saved.clear()
+        trainer.on_epoch_end()
+        assert ("checkpoint_best.pth" in saved) == (epoch in (0, 1)), (epoch, saved)
+    assert trainer._best_satisfaction == pytest.approx(0.5)
