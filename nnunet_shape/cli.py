@@ -25,6 +25,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                  "Dice per class and descriptor errors of a prediction folder"),
     "placeholder-labels": ("nnunet_shape.label_free", "placeholder_labels_main",
                            "write placeholder labelsTr for a label-free dataset"),
+    "export-descriptors": ("descriptor_export.cli", "main",
+                           "per-case descriptor JSON/CSV (same as nnUNetv2_export_descriptors)"),
 }
 
 

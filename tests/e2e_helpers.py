@@ -87,3 +87,19 @@ def run_cli(args: Sequence[str], env: Mapping[str, str], log: Path | None = None
 def train_env(env: Mapping[str, str]) -> dict[str, str]:
     """Training only: nnUNet_n_proc_DA=0 gives a single-threaded augmenter (it breaks planning)."""
     return {**env, "nnUNet_n_proc_DA": "0"}
+
+
+def make_trainer(root: Path, cls: type, monkeypatch, configuration: str = "3d_fullres",
+                 dataset: str = "Dataset701_Tiny"):
+    """Construct trainer ``cls`` in-process on a planned dataset under ``root`` (CPU)."""
+    import torch
+
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, str(root / name))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("nnUNet_compile", "false")
+    preprocessed = root / "nnUNet_preprocessed" / dataset
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    return cls(plans, configuration, 0, dataset_json, torch.device("cpu"))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from e2e_helpers import make_trainer
 from nnunet_shape.training.shape_trainers import (
     TRAINER_NAMES,
     nnUNetTrainerShapeDescriptors,
@@ -93,18 +94,6 @@ def test_every_trainer_variant_is_exported_from_the_trainers_folder():
         assert cls.__module__ == "nnunet_shape.training.shape_trainers"
     assert getattr(module, "nnUNetTrainerShapeDescriptorsVC_5epochs").training_epochs == 5
     assert getattr(module, "nnUNetTrainerShapeDescriptorsVC_5epochs").descriptors == ("volume", "centroid")
-
-
-def make_trainer(root: Path, cls: type, monkeypatch, configuration: str = "3d_fullres"):
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(name, str(root / name))
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    monkeypatch.setenv("nnUNet_compile", "false")
-    preprocessed = root / "nnUNet_preprocessed" / DATASET
-    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
-    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-    return cls(plans, configuration, 0, dataset_json, torch.device("cpu"))
 
 
 class _TwoEpochsGrowingT(nnUNetTrainerShapeDescriptorsGrowingT):

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from batchgenerators.utilities.file_and_folder_operations import join, load_pickle
+from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
@@ -25,7 +25,7 @@ from torch import autocast
 from nnunet_shape.barrier import BarrierSchedule
 from nnunet_shape.losses import ShapeDescriptorLoss
 from nnunet_shape.training.progress import plot_descriptor_progress
-from nnunet_shape.training.whole_scan import nnUNetTrainerWholeScan
+from nnunet_shape.training.whole_scan import load_preprocessed_image, nnUNetTrainerWholeScan
 
 #: logger keys added by the descriptor trainers (one value per epoch, as nnU-Net's logger wants)
 T_KEY = "barrier_t"
@@ -87,8 +87,11 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         logits = logits.float()
         return torch.sigmoid(logits) if self.label_manager.has_regions else torch.softmax(logits, 1)
 
-    def _loss_target(self, target: torch.Tensor):
-        """Label map for label-based training; for regions, the region masks' descriptors."""
+    def _loss_target(self, batch: dict):
+        """What the loss compares with: the (augmented) label map of the batch, on the device
+        (for regions, the float region masks, whose descriptors are computed directly)."""
+        target = batch["target"]
+        target = (target[0] if isinstance(target, list) else target).to(self.device, non_blocking=True)
         return target.float() if self.label_manager.has_regions else target
 
     def _batch_spacing(self, keys: Sequence[str], patch_ndim: int) -> torch.Tensor:
@@ -96,9 +99,7 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         rows = []
         for key in keys:
             if key not in self._case_spacing:
-                properties = load_pickle(join(self.preprocessed_dataset_folder, key + ".pkl"))
-                dataset = self.dataset_class(self.preprocessed_dataset_folder, [key])
-                data, _, _, _ = dataset.load_case(key)
+                data, properties = load_preprocessed_image(self.preprocessed_dataset_folder, key)
                 self._case_spacing[key] = preprocessed_spacing(
                     properties, data.shape[1:], self.plans_manager.transpose_forward)
             rows.append(self._case_spacing[key][-patch_ndim:])
@@ -106,13 +107,12 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
 
     def _descriptor_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
         data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"]
-        target = (target[0] if isinstance(target, list) else target).to(self.device, non_blocking=True)
+        target = self._loss_target(batch)
         spacing = self._batch_spacing(batch["keys"], data.ndim - 2)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             output = self.network(data)
         output = output[0] if isinstance(output, (list, tuple)) else output
-        result = self.loss(self._probabilities(output), self._loss_target(target), spacing, return_result=True)
+        result = self.loss(self._probabilities(output), target, spacing, return_result=True)
         satisfied = {f"satisfied_{name}": result.satisfied[name].detach().cpu().numpy()
                      for name in self.descriptors}
         return result.loss, {"output": output, "target": target, **satisfied}
@@ -288,9 +288,10 @@ BASE_TRAINERS = (nnUNetTrainerShapeDescriptors, nnUNetTrainerShapeDescriptorsVC,
 
 
 def _length_variant(base: type, suffix: str, epochs: int, iterations: int, val_iterations: int) -> type:
-    """``base`` with another training length; defined in this module so that it pickles."""
+    """``base`` with another training length, belonging to ``base``'s module (so that it pickles:
+    the caller binds it there under its name)."""
     return type(base.__name__ + suffix, (base,), {
-        "__module__": __name__,
+        "__module__": base.__module__,
         "__doc__": f"{base.__name__} for {epochs} epoch(s) of {iterations} iterations.",
         "training_epochs": epochs, "iterations_per_epoch": iterations, "val_iterations_per_epoch": val_iterations,
     })

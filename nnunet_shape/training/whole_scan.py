@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from batchgenerators.utilities.file_and_folder_operations import isdir, join, load_json, subfiles
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, load_pickle, subfiles
 from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
@@ -24,6 +24,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
+from nnunet_shape.label_free import refuse_placeholder_labels
 from nnunet_shape.network.std_exp import STD_EXP_CLASS_NAME, std_exp_arch_kwargs, total_stride
 
 #: environment variable: activation-memory budget (GiB) used to choose the batch size.
@@ -37,16 +38,27 @@ def round_up_to_multiple(shape: Sequence[int], divisors: Sequence[int]) -> tuple
     return tuple(int(-(-int(s) // int(d)) * int(d)) for s, d in zip(shape, divisors))
 
 
+def load_preprocessed_image(preprocessed_folder: str, identifier: str):
+    """The image array (lazily, memory-mapped where possible) and properties of one preprocessed
+    case. Unlike nnU-Net's ``load_case`` this never opens the case's label file, so label-free
+    datasets (and tests that remove the labels) work."""
+    blosc2_file = join(preprocessed_folder, identifier + ".b2nd")
+    if isfile(blosc2_file):
+        import blosc2
+
+        data = blosc2.open(urlpath=blosc2_file, mode="r", mmap_mode="r")
+    elif isfile(join(preprocessed_folder, identifier + ".npy")):
+        data = np.load(join(preprocessed_folder, identifier + ".npy"), mmap_mode="r")
+    else:
+        data = np.load(join(preprocessed_folder, identifier + ".npz"))["data"]
+    return data, load_pickle(join(preprocessed_folder, identifier + ".pkl"))
+
+
 def preprocessed_case_shapes(preprocessed_folder: str) -> dict[str, tuple[int, ...]]:
     """Spatial shape of every preprocessed case (``(X, Y, Z)`` array order), read lazily from disk."""
-    dataset_class = infer_dataset_class(preprocessed_folder)
-    identifiers = dataset_class.get_identifiers(preprocessed_folder)
-    dataset = dataset_class(preprocessed_folder, identifiers)
-    shapes = {}
-    for identifier in identifiers:
-        data, _, _, _ = dataset.load_case(identifier)
-        shapes[identifier] = tuple(int(s) for s in data.shape[1:])
-    return shapes
+    identifiers = infer_dataset_class(preprocessed_folder).get_identifiers(preprocessed_folder)
+    return {identifier: tuple(int(s) for s in load_preprocessed_image(preprocessed_folder, identifier)[0].shape[1:])
+            for identifier in identifiers}
 
 
 def whole_scan_patch_size(case_shapes: Sequence[Sequence[int]], strides: Sequence[Sequence[int]],
@@ -149,9 +161,15 @@ class nnUNetTrainerWholeScan(nnUNetTrainer):
     default_memory_budget_gib: float = 10.0
     #: deep supervision on the EXP heads (nnU-Net's default); descriptor trainers switch it off
     use_deep_supervision: bool = True
+    #: the loader class (whole cases); label-free training records its augmentations
+    data_loader_class: type = WholeCaseDataLoader
+    #: trainers that learn from voxel labels refuse datasets whose labels are placeholders
+    reads_voxel_labels: bool = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        if self.reads_voxel_labels:
+            refuse_placeholder_labels(dataset_json, type(self).__name__, plans["dataset_name"])
         plans = self._plans_for_whole_scan(plans, configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = self.training_epochs
@@ -198,12 +216,13 @@ class nnUNetTrainerWholeScan(nnUNetTrainer):
                                      enable_deep_supervision)
 
     def get_dataloaders(self):
-        # nnU-Net builds its loaders and starts them; swap the loader class for the whole-case one
-        # by temporarily rebinding the name the base method looks up.
+        # nnU-Net's get_dataloaders builds both loaders, wraps them in its augmenters and starts
+        # them; rather than copying those 60 lines, the loader class it looks up is rebound to
+        # ours for the duration of the call.
         import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
 
         original = trainer_module.nnUNetDataLoader
-        trainer_module.nnUNetDataLoader = WholeCaseDataLoader
+        trainer_module.nnUNetDataLoader = self.data_loader_class
         try:
             return super().get_dataloaders()
         finally:

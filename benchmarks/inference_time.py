@@ -1,0 +1,364 @@
+"""Inference time per case: whole-scan STD/EXP model versus nnU-Net's sliding-window model.
+
+Question: what does predicting a case in one window (the whole-scan trainers) cost compared
+with nnU-Net's default sliding-window inference on the same volume, through nnU-Net's own
+``nnUNetv2_predict``?
+
+Set-up (cached, see ``--cache``):
+
+1. a phantom knee dataset (``nnunet_shape.phantoms.write_phantom_dataset``: 5 training cases,
+   1 test case, 40 x 64 x 64 voxels of 1.4 x 0.7 x 0.7 mm) in an nnU-Net raw folder;
+2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres -gpu_memory_target 0.1 -overwrite_plans_name
+   nnUNetPlans_bench``. The GPU-memory target is scaled down with the volume so that nnU-Net's
+   default patch covers the same fraction of the phantom as it does of a real knee scan: for
+   160 x 384 x 384 at 0.7 x 0.36 x 0.36 mm the planner (8 GB) picks an 80 x 192 x 160 patch,
+   36 windows per case at step 0.5; for the phantom at 0.1 GB it picks 24 x 32 x 32, 27
+   windows. (At 8 GB the planner's patch would be the whole 40 x 64 x 64 phantom and both
+   models would run one window: nothing to compare.)
+3. checkpoints *without training* (inference time does not depend on the weight values):
+   ``nnUNetTrainer`` (PlainConvUNet, sliding window) and ``nnUNetTrainerShapeDescriptors``
+   (STD/EXP, whole-scan patch written into its plans) are constructed in-process, initialised
+   and saved as ``fold_all/checkpoint_final.pth`` with ``plans.json``/``dataset.json``, exactly
+   where ``nnUNetv2_train`` would put them.
+
+Measured, per model, on the test case (``-device cpu``, nnU-Net's defaults: step 0.5, Gaussian
+weighting, mirroring test-time augmentation on the 3 axes):
+
+* ``nnUNetv2_predict`` wall time of the console script (start-up included: imports, the trainer
+  lookup, worker processes);
+* the predictor in-process (``nnUNetPredictor.predict_single_npy_array``: preprocessing,
+  sliding-window prediction, conversion back to the original geometry), median after warm-up,
+  the two models interleaved;
+* the sliding-window logits alone (``predict_logits_from_preprocessed_data`` on the
+  preprocessed case);
+* windows per case (``_internal_get_sliding_window_slicers``) and network evaluations (counted;
+  8 per window with mirroring).
+
+    .venv/bin/python benchmarks/inference_time.py              # ~3 min the first time, ~1 min cached
+    .venv/bin/python benchmarks/inference_time.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import format_ratio, format_seconds, markdown_table, time_interleaved  # noqa: E402
+
+DATASET_ID = 790
+DATASET_NAME = "BenchPhantom"
+PLANS = "nnUNetPlans_bench"
+CONFIGURATION = "3d_fullres"
+FOLD = "all"
+GPU_MEMORY_TARGET_GB = 0.1
+DEFAULT_SHAPE: tuple[int, int, int] = (40, 64, 64)
+#: (label, trainer class name); the first is the baseline
+MODELS: tuple[tuple[str, str], ...] = (
+    ("nnU-Net sliding window (PlainConvUNet)", "nnUNetTrainer"),
+    ("whole scan (STD/EXP)", "nnUNetTrainerShapeDescriptors"),
+)
+VENV_BIN = Path(sys.executable).parent
+#: bump when the set-up changes so that stale caches are not reused
+CACHE_VERSION = 1
+
+
+def default_cache_dir(shape: Sequence[int] = DEFAULT_SHAPE) -> Path:
+    """``$TMPDIR/nnunet_shape_bench/inference_time_v1_40x64x64``."""
+    tag = "x".join(str(int(s)) for s in shape)
+    return Path(tempfile.gettempdir()) / "nnunet_shape_bench" / f"inference_time_v{CACHE_VERSION}_{tag}"
+
+
+def nnunet_environment(root: Path, **extra: str) -> dict[str, str]:
+    """nnU-Net paths under ``root``, our trainers on ``nnUNet_extTrainer``, CPU-sized workers."""
+    from nnunet_shape.cli import trainers_directory
+
+    env = {
+        "nnUNet_raw": str(root / "nnUNet_raw"),
+        "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
+        "nnUNet_results": str(root / "nnUNet_results"),
+        "nnUNet_extTrainer": trainers_directory(),
+        "nnUNet_def_n_proc": "1",
+        "nnUNet_compile": "false",
+    }
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the block, then restore the previous values."""
+    previous = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run(args: Sequence[str], env: Mapping[str, str], log: Path) -> float:
+    """Run a console script with ``env`` added to the current environment; return its wall time."""
+    start = time.perf_counter()
+    completed = subprocess.run(list(args), env={**os.environ, **env, "PATH": f"{VENV_BIN}{os.pathsep}"
+                                                + os.environ.get("PATH", "")},
+                               capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    log.write_text(completed.stdout + "\n--- stderr ---\n" + completed.stderr)
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"benchmarks/inference_time.py: {' '.join(args)} failed with exit code {completed.returncode}; "
+            f"log: {log}\n{completed.stderr[-3000:]}")
+    return elapsed
+
+
+def dataset_folder_name() -> str:
+    return f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
+
+
+def model_folder(root: Path, trainer: str) -> Path:
+    return root / "nnUNet_results" / dataset_folder_name() / f"{trainer}__{PLANS}__{CONFIGURATION}"
+
+
+def _save_untrained_checkpoint(root: Path, trainer_name: str) -> Path:
+    """Construct ``trainer_name`` in-process, initialise it and save it as a finished training."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    import nnunet_shape.training.shape_trainers as shape_trainers
+
+    trainer_class = nnUNetTrainer if trainer_name == "nnUNetTrainer" else getattr(shape_trainers, trainer_name)
+    preprocessed = root / "nnUNet_preprocessed" / dataset_folder_name()
+    plans = load_json(str(preprocessed / f"{PLANS}.json"))
+    plans["continue_training"] = False  # nnUNetTrainer.__init__ pops it (run_training sets it)
+    dataset_json = load_json(str(preprocessed / "dataset.json"))
+    with environment(nnunet_environment(root)):
+        trainer = trainer_class(plans, CONFIGURATION, FOLD, dataset_json, torch.device("cpu"))
+        trainer.initialize()
+        output = Path(trainer.output_folder)
+        output.mkdir(parents=True, exist_ok=True)
+        base = Path(trainer.output_folder_base)
+        # what nnUNetTrainer.on_train_start copies for inference
+        save_json(trainer.plans_manager.plans, str(base / "plans.json"), sort_keys=False)
+        save_json(trainer.dataset_json, str(base / "dataset.json"), sort_keys=False)
+        shutil.copyfile(preprocessed / "dataset_fingerprint.json", base / "dataset_fingerprint.json")
+        trainer.save_checkpoint(str(output / "checkpoint_final.pth"))
+    return output / "checkpoint_final.pth"
+
+
+def prepare(cache: Path, shape: Sequence[int] = DEFAULT_SHAPE, verbose: bool = True) -> dict[str, float]:
+    """Create (or reuse) the dataset, the plans/preprocessed data and the two checkpoints.
+
+    Returns the seconds spent per set-up step (0 for a cached step).
+    """
+    from nnunet_shape.phantoms import write_phantom_dataset
+
+    cache.mkdir(parents=True, exist_ok=True)
+    logs = cache / "logs"
+    logs.mkdir(exist_ok=True)
+    spent = {"dataset": 0.0, "plan_and_preprocess": 0.0, "checkpoints": 0.0}
+    env = nnunet_environment(cache)
+
+    raw_done = cache / ".raw_done"
+    if not raw_done.exists():
+        start = time.perf_counter()
+        shutil.rmtree(cache / "nnUNet_raw", ignore_errors=True)
+        write_phantom_dataset(cache / "nnUNet_raw", n_train=5, n_test=1, dataset_id=DATASET_ID,
+                              name=DATASET_NAME, shape=tuple(int(s) for s in shape))
+        raw_done.touch()
+        spent["dataset"] = time.perf_counter() - start
+    preprocessed_done = cache / ".preprocessed_done"
+    if not preprocessed_done.exists():
+        if verbose:
+            print("inference_time: nnUNetv2_plan_and_preprocess ...", flush=True)
+        shutil.rmtree(cache / "nnUNet_preprocessed", ignore_errors=True)
+        # no nnUNet_n_proc_DA here: the planner breaks with it
+        spent["plan_and_preprocess"] = _run(
+            ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION, "-np", "1",
+             "-gpu_memory_target", str(GPU_MEMORY_TARGET_GB), "-overwrite_plans_name", PLANS],
+            env, logs / "plan_and_preprocess.log")
+        preprocessed_done.touch()
+    start = time.perf_counter()
+    for _, trainer in MODELS:
+        if not (model_folder(cache, trainer) / f"fold_{FOLD}" / "checkpoint_final.pth").exists():
+            if verbose:
+                print(f"inference_time: untrained checkpoint for {trainer} ...", flush=True)
+            _save_untrained_checkpoint(cache, trainer)
+            spent["checkpoints"] = time.perf_counter() - start
+    return spent
+
+
+def _test_images(cache: Path) -> list[Path]:
+    return sorted((cache / "nnUNet_raw" / dataset_folder_name() / "imagesTs").glob("*_0000.nii.gz"))
+
+
+def _make_predictor(cache: Path, trainer: str, device: torch.device):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                perform_everything_on_device=device.type == "cuda", device=device,
+                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    with environment(nnunet_environment(cache)):
+        predictor.initialize_from_trained_model_folder(str(model_folder(cache, trainer)), use_folds=(FOLD,),
+                                                       checkpoint_name="checkpoint_final.pth")
+    return predictor
+
+
+class _CountingForward:
+    """Counts calls of the wrapped network (a forward pre-hook)."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        self.calls = 0
+        self._handle = network.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: torch.nn.Module, inputs: Any) -> None:
+        self.calls += 1
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def run(device: str = "cpu", shape: Sequence[int] = DEFAULT_SHAPE, repeats: int = 3, warmup: int = 1,
+        cli_repeats: int = 1, cache: str | os.PathLike | None = None, verbose: bool = True) -> list[dict[str, Any]]:
+    """Prepare (cached) and time both models; one dict per model.
+
+    Keys: ``model``, ``trainer``, ``patch_size``, ``case_shape`` (preprocessed), ``windows``,
+    ``network_evaluations``, ``cli_seconds`` (median wall time of ``nnUNetv2_predict``),
+    ``predictor_seconds`` (in-process ``predict_single_npy_array``, median), ``logits_seconds``
+    (sliding-window logits only, median), the ``*_ratio`` of each time to the sliding-window
+    baseline, ``device``, ``setup_seconds`` (time spent preparing in this call; 0 if cached).
+    """
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    torch_device = torch.device(device)
+    cache_dir = Path(cache) if cache is not None else default_cache_dir(shape)
+    setup = prepare(cache_dir, shape, verbose)
+    images = _test_images(cache_dir)
+    if not images:
+        raise RuntimeError(f"benchmarks/inference_time.py: no test image in {cache_dir} (delete the cache)")
+    image, properties = SimpleITKIO().read_images([str(images[0])])
+
+    predictors = {trainer: _make_predictor(cache_dir, trainer, torch_device) for _, trainer in MODELS}
+    info: dict[str, dict[str, Any]] = {}
+    preprocessed: dict[str, torch.Tensor] = {}
+    for _, trainer in MODELS:
+        predictor = predictors[trainer]
+        from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+
+        adapter = PreprocessAdapterFromNpy([image], [None], [properties], [None], predictor.plans_manager,
+                                           predictor.dataset_json, predictor.configuration_manager,
+                                           num_threads_in_multithreaded=1, verbose=False)
+        data = next(adapter)["data"]
+        preprocessed[trainer] = data
+        patch = tuple(int(p) for p in predictor.configuration_manager.patch_size)
+        padded = tuple(max(int(s), p) for s, p in zip(data.shape[1:], patch))
+        counter = _CountingForward(predictor.network)
+        predictor.predict_logits_from_preprocessed_data(data)
+        counter.remove()
+        info[trainer] = dict(patch_size=patch, case_shape=tuple(int(s) for s in data.shape[1:]),
+                             windows=len(predictor._internal_get_sliding_window_slicers(padded)),
+                             network_evaluations=counter.calls)
+
+    if verbose:
+        print("inference_time: timing the predictors in-process ...", flush=True)
+    predictor_times = time_interleaved(
+        {trainer: (lambda p=predictors[trainer]: p.predict_single_npy_array(image, properties, None, None, False))
+         for _, trainer in MODELS}, repeats=repeats, warmup=warmup, device=torch_device)
+    logits_times = time_interleaved(
+        {trainer: (lambda p=predictors[trainer], d=preprocessed[trainer]: p.predict_logits_from_preprocessed_data(d))
+         for _, trainer in MODELS}, repeats=repeats, warmup=warmup, device=torch_device)
+
+    if verbose:
+        print("inference_time: timing nnUNetv2_predict ...", flush=True)
+    env = nnunet_environment(cache_dir)
+    logs = cache_dir / "logs"
+
+    def cli(trainer: str) -> None:
+        output = cache_dir / "predictions" / trainer
+        shutil.rmtree(output, ignore_errors=True)
+        _run(["nnUNetv2_predict", "-i", str(images[0].parent), "-o", str(output), "-d", str(DATASET_ID),
+              "-c", CONFIGURATION, "-p", PLANS, "-tr", trainer, "-f", FOLD, "-device", torch_device.type,
+              "-npp", "1", "-nps", "1", "--disable_progress_bar"], env, logs / f"predict_{trainer}.log")
+        if not list(output.glob("*.nii.gz")):
+            raise RuntimeError(f"benchmarks/inference_time.py: nnUNetv2_predict wrote nothing to {output}")
+
+    cli_times = time_interleaved({trainer: (lambda t=trainer: cli(t)) for _, trainer in MODELS},
+                                 repeats=cli_repeats, warmup=0)
+
+    baseline = MODELS[0][1]
+    rows = []
+    for label, trainer in MODELS:
+        rows.append(dict(
+            model=label, trainer=trainer, device=str(torch_device), **info[trainer],
+            cli_seconds=cli_times[trainer].median, cli_ratio=cli_times[trainer].ratio_to(cli_times[baseline]),
+            predictor_seconds=predictor_times[trainer].median,
+            predictor_ratio=predictor_times[trainer].ratio_to(predictor_times[baseline]),
+            logits_seconds=logits_times[trainer].median,
+            logits_ratio=logits_times[trainer].ratio_to(logits_times[baseline]),
+            repeats=repeats, cli_repeats=cli_repeats, setup_seconds=sum(setup.values()),
+        ))
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of :func:`run`'s rows."""
+    def size(values: Sequence[int]) -> str:
+        return "x".join(str(v) for v in values)
+
+    table = markdown_table(
+        ["model", "patch", "windows / case", "network evals", "nnUNetv2_predict (wall)", "ratio",
+         "predictor in-process", "ratio", "sliding-window logits", "ratio"],
+        [[r["model"], size(r["patch_size"]), r["windows"], r["network_evaluations"],
+          format_seconds(r["cli_seconds"]), format_ratio(r["cli_ratio"]),
+          format_seconds(r["predictor_seconds"]), format_ratio(r["predictor_ratio"]),
+          format_seconds(r["logits_seconds"]), format_ratio(r["logits_ratio"])] for r in rows],
+        align=["l", "l", "r", "r", "r", "r", "r", "r", "r", "r"],
+    )
+    first = rows[0]
+    return (f"One test case of {size(first['case_shape'])} voxels (preprocessed), device {first['device']}, "
+            f"mirroring TTA on, step 0.5; in-process times are medians of {first['repeats']} interleaved runs "
+            f"after warm-up, the console script is timed {first['cli_repeats']}x per model. Ratios are to the "
+            f"sliding-window model in the same run.\n\n{table}")
+
+
+def target_met(rows: Sequence[dict[str, Any]]) -> bool:
+    """The whole-scan model runs exactly one window per case."""
+    return all(r["windows"] == 1 for r in rows if r["trainer"] != MODELS[0][1])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--repeats", type=int, default=3, help="in-process timed runs per model (default 3)")
+    parser.add_argument("--cli-repeats", type=int, default=1, help="nnUNetv2_predict runs per model (default 1)")
+    parser.add_argument("--cache", default=None, help=f"set-up cache folder (default {default_cache_dir()})")
+    parser.add_argument("--fresh", action="store_true", help="delete the cache first")
+    args = parser.parse_args(argv)
+    cache = Path(args.cache) if args.cache else default_cache_dir()
+    if args.fresh:
+        shutil.rmtree(cache, ignore_errors=True)
+    rows = run(args.device, repeats=args.repeats, cli_repeats=args.cli_repeats, cache=cache)
+    print("## Inference time per case\n")
+    print(format_table(rows))
+    print(f"\nWhole-scan model: exactly one window per case: {'yes' if target_met(rows) else 'NO'}. "
+          f"Set-up (dataset, plans, checkpoints) took {rows[0]['setup_seconds']:.0f} s in this run "
+          f"(0 = cached in {cache}).")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

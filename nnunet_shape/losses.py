@@ -1,0 +1,827 @@
+"""Shape-descriptor loss: extended log-barriers on descriptor bounds (pure torch, no nnU-Net).
+
+Every constrained component ``f`` of a descriptor (one class, one axis) with bounds
+``[lower, upper]`` contributes the two constraints::
+
+    z_low = (lower - f) / scale <= 0        z_up = (f - upper) / scale <= 0
+
+each through :func:`~nnunet_shape.barrier.extended_log_barrier`. ``scale`` makes the
+constraints comparable across descriptors.
+
+Default ``scale_mode="half_width"``: ``scale`` is the half-width of the feasible interval,
+``(upper - lower) / 2``, so for every descriptor the interval is ``z in [-2, 0]``, its
+midpoint (the target) has ``psi(z_low) + psi(z_up) = 0`` and a violation of one interval
+width costs the same whatever the descriptor. One-sided bounds use 10 % of the finite
+bound, absent classes' ``volume <= 0`` uses ``1e-3 x image volume``, ratio priors
+``(high - low) / 2``, equal-centroid priors the tolerance; all floored at half a voxel
+(length ``s_a / 2``, volume ``prod(s) / 2``, covariance ``s_a s_b / 4``, surface half the
+smallest face) so equality constraints stay finite. With the floor, an interval narrower
+than a voxel is ``z in [-2h/floor, 0]`` and its midpoint costs a little more than 0.
+
+Why not magnitude-based units (``scale_mode="natural"``: volume/surface by the midpoint,
+floored at ``1e-3 x image volume`` (resp. ``x image volume ** ((D-1)/D)``), centroid/spread
+by the image extent ``n_a * s_a``, covariance by ``extent_a * extent_b``, ratio priors by
+the midpoint, equal centroids by the extent)? Near ``z = 0`` the barrier is linear with
+slope ``t`` on ``z > -1/t**2``. When the whole interval is narrower than ``1/t**2`` in ``z``
+units -- a 3 mm spread +-10 % in a 200 mm image is 0.003 wide against 0.04 at ``t = 5``,
+and paper 001 starts at ``t = 1`` -- the two linear pieces cancel and the loss is exactly
+flat in and around the interval: zero gradient, the constraint is never enforced
+(tests/test_losses.py demonstrates it). Half-width units keep the log branch inside the
+interval for every ``t >= 1/sqrt(2)``. "natural" is kept for comparison.
+
+Other rules:
+
+* NaN (or infinite) bounds leave that component unconstrained.
+* Lower bounds ``<= 0`` of non-negative descriptors (volume, surface, spread) are skipped:
+  ``f >= 0`` holds anyway and its barrier term would only push mass in (at ``z = 0`` the
+  linear branch has slope ``t``).
+* Absent classes (``DescriptorBounds.present`` False, or inferred: volume upper bound 0)
+  only get ``volume <= 0``; all their other descriptors are unconstrained.
+* Covariance: only the upper triangle (a <= b) is constrained, the matrix is symmetric.
+* ``include_background=False`` drops class 0 from the descriptor constraints (priors may
+  still name it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from nnunet_shape.barrier import extended_log_barrier
+from nnunet_shape.descriptors import (
+    DESCRIPTOR_NAMES,
+    SpacingLike,
+    _spacing_tensor,
+    class_ratio,
+    compute_descriptors,
+    descriptors_from_labels,
+)
+
+__all__ = [
+    "DescriptorBounds",
+    "ShapeLossResult",
+    "RatioPrior",
+    "EqualCentroidPrior",
+    "bounds_from_targets",
+    "shape_descriptor_loss",
+    "ShapeDescriptorLoss",
+    "NON_NEGATIVE_DESCRIPTORS",
+    "DEFAULT_RELATIVE_MARGIN",
+    "DEFAULT_ABSOLUTE_MARGIN",
+]
+
+NON_NEGATIVE_DESCRIPTORS = frozenset({"volume", "surface", "spread"})
+DEFAULT_RELATIVE_MARGIN = 0.1
+# relative +-10 % is meaningless for coordinates near the origin: centroids get +-2 mm
+DEFAULT_ABSOLUTE_MARGIN: dict[str, float] = {"centroid": 2.0}
+ABSENT_VOLUME_FRACTION = 1e-3  # volume scale floor and "absent" tolerance, x image volume
+SURFACE_SCALE_FRACTION = 1e-3  # surface scale floor, x image volume ** ((D-1)/D)
+REDUCTIONS = ("mean", "sum", "none")
+SCALE_MODES = ("half_width", "natural")
+
+
+def _descriptor_shape(name: str, batch: int, classes: int, ndim: int) -> tuple[int, ...]:
+    if name in ("volume", "surface"):
+        return (batch, classes)
+    if name in ("centroid", "spread"):
+        return (batch, classes, ndim)
+    if name == "covariance":
+        return (batch, classes, ndim, ndim)
+    raise ValueError(f"losses.py: unknown descriptor {name!r}; known: {DESCRIPTOR_NAMES}")
+
+
+# ----------------------------------------------------------------------------------------
+# bounds
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class DescriptorBounds:
+    """Lower/upper bounds per descriptor; NaN = that component is unconstrained.
+
+    ``lower[name]`` / ``upper[name]`` have the descriptor's shape (volume/surface (B, K),
+    centroid/spread (B, K, D), covariance (B, K, D, D)); a leading batch size of 1
+    broadcasts over the batch. ``present`` (B, K) bool marks the classes in the image;
+    None infers it: a class is absent iff its volume upper bound is 0.
+    """
+
+    lower: dict[str, Tensor]
+    upper: dict[str, Tensor]
+    present: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for name in set(self.lower) | set(self.upper):
+            if name not in DESCRIPTOR_NAMES:
+                raise ValueError(
+                    f"losses.py DescriptorBounds: unknown descriptor {name!r}; known: "
+                    f"{DESCRIPTOR_NAMES}"
+                )
+            if (name in self.lower) != (name in self.upper):
+                raise ValueError(
+                    f"losses.py DescriptorBounds: {name!r} has only one of lower/upper; give "
+                    f"both (NaN for an unconstrained side)"
+                )
+            if self.lower[name].shape != self.upper[name].shape:
+                raise ValueError(
+                    f"losses.py DescriptorBounds: {name!r} lower {tuple(self.lower[name].shape)}"
+                    f" and upper {tuple(self.upper[name].shape)} differ in shape"
+                )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for n in DESCRIPTOR_NAMES if n in self.lower)
+
+    def presence(self) -> Tensor | None:
+        """(B|1, K) bool: ``present`` if given, else ``volume upper != 0``; None if unknown."""
+        if self.present is not None:
+            return self.present.bool()
+        if "volume" in self.upper:
+            return ~(self.upper["volume"] == 0)
+        return None
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> DescriptorBounds:
+        return DescriptorBounds(
+            lower={k: v.to(device=device, dtype=dtype) for k, v in self.lower.items()},
+            upper={k: v.to(device=device, dtype=dtype) for k, v in self.upper.items()},
+            present=None if self.present is None else self.present.to(device=device),
+        )
+
+    @classmethod
+    def unconstrained(
+        cls,
+        batch: int,
+        num_classes: int,
+        ndim: int,
+        names: Sequence[str] = ("volume", "centroid", "spread"),
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> DescriptorBounds:
+        """All-NaN bounds of the right shapes, to fill in from hand-written priors."""
+        lower, upper = {}, {}
+        for name in names:
+            shape = _descriptor_shape(name, batch, num_classes, ndim)
+            lower[name] = torch.full(shape, math.nan, device=device, dtype=dtype)
+            upper[name] = torch.full(shape, math.nan, device=device, dtype=dtype)
+        return cls(lower=lower, upper=upper)
+
+
+def _per_name(value: float | Mapping[str, float] | None, name: str, default: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, Mapping):
+        return float(value.get(name, default))
+    return float(value)
+
+
+def bounds_from_targets(
+    targets: Mapping[str, Tensor],
+    relative_margin: float | Mapping[str, float] = DEFAULT_RELATIVE_MARGIN,
+    absolute_margin: Mapping[str, float] | None = None,
+) -> DescriptorBounds:
+    """Bounds ``tau +- max(relative * |tau|, absolute)`` around target descriptor values.
+
+    Args:
+        targets: {name: tau} with the descriptor shapes ((B, K), (B, K, D), (B, K, D, D)).
+        relative_margin: one fraction for all descriptors, or {name: fraction}
+            (missing names: 0.1, the papers' +-10 %).
+        absolute_margin: {name: half-width in physical units}, merged over the defaults
+            (centroid 2.0 mm, others 0).
+    Returns:
+        DescriptorBounds with ``present = volume > 0`` when ``volume`` is given. Absent
+        classes (target volume 0) get volume bounds [0, 0] and NaN (unconstrained) for every
+        other descriptor.
+
+    For the covariance the relative half-width of component (a, b) is
+    ``relative * sqrt(tau_aa * tau_bb)`` -- off-diagonal terms near 0 would otherwise get
+    zero-width bounds.
+    """
+    absolute = dict(DEFAULT_ABSOLUTE_MARGIN)
+    if absolute_margin is not None:
+        absolute.update({k: float(v) for k, v in absolute_margin.items()})
+    present = None
+    if "volume" in targets:
+        present = targets["volume"].detach() > 0
+    lower: dict[str, Tensor] = {}
+    upper: dict[str, Tensor] = {}
+    for name, tau in targets.items():
+        if name not in DESCRIPTOR_NAMES:
+            raise ValueError(
+                f"losses.py bounds_from_targets: unknown descriptor {name!r}; known: "
+                f"{DESCRIPTOR_NAMES}"
+            )
+        tau = tau.detach()
+        if not tau.is_floating_point():
+            tau = tau.float()
+        if name == "covariance":
+            diagonal = torch.diagonal(tau, dim1=-2, dim2=-1).clamp_min(0.0)
+            reference = torch.sqrt(diagonal.unsqueeze(-1) * diagonal.unsqueeze(-2))
+        else:
+            reference = tau.abs()
+        half_width = torch.clamp(
+            _per_name(relative_margin, name, DEFAULT_RELATIVE_MARGIN) * reference,
+            min=absolute.get(name, 0.0),
+        )
+        lo, up = tau - half_width, tau + half_width
+        if present is not None:
+            absent = ~present.view(*present.shape, *([1] * (tau.ndim - 2)))
+            absent = absent.expand_as(tau)
+            fill = 0.0 if name == "volume" else math.nan
+            lo = torch.where(absent, torch.full_like(lo, fill), lo)
+            up = torch.where(absent, torch.full_like(up, fill), up)
+        lower[name], upper[name] = lo, up
+    return DescriptorBounds(lower=lower, upper=upper, present=present)
+
+
+# ----------------------------------------------------------------------------------------
+# results and priors
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShapeLossResult:
+    """Output of :func:`shape_descriptor_loss`.
+
+    loss: scalar (reduction "mean"/"sum") or (B,) ("none").
+    terms: {descriptor or prior name: its penalty}, reduced like ``loss``;
+        ``loss == sum(terms.values())``.
+    satisfied: {name: (B, K) bool} -- every active constraint of that class lies within its
+        bounds (no active constraint counts as satisfied). For priors the prior's status
+        is written on the classes it involves and True elsewhere.
+    active: {name: (B, K) bool} -- the class had at least one active constraint; the
+        fraction of satisfied constraints is ``satisfied[n][active[n]].float().mean()``.
+    values: {descriptor name: its value on the prediction} (for logging).
+    """
+
+    loss: Tensor
+    terms: dict[str, Tensor]
+    satisfied: dict[str, Tensor]
+    active: dict[str, Tensor] = field(default_factory=dict)
+    values: dict[str, Tensor] = field(default_factory=dict)
+
+    def detach(self) -> ShapeLossResult:
+        def det(d: dict[str, Tensor]) -> dict[str, Tensor]:
+            return {k: v.detach() for k, v in d.items()}
+
+        return ShapeLossResult(
+            loss=self.loss.detach(),
+            terms=det(self.terms),
+            satisfied=det(self.satisfied),
+            active=det(self.active),
+            values=det(self.values),
+        )
+
+    def satisfaction_fraction(self, name: str | None = None) -> Tensor:
+        """Fraction (0-d tensor, on device) of active (case, class) pairs that are satisfied,
+        for one name or pooled over all names; 1 when nothing is active."""
+        names = [name] if name is not None else list(self.satisfied)
+        sat = torch.cat([self.satisfied[n][self.active[n]].reshape(-1) for n in names])
+        if sat.numel() == 0:
+            return torch.ones((), device=self.loss.device)
+        return sat.float().mean()
+
+
+@dataclass(frozen=True)
+class _PriorPenalty:
+    psi: Tensor  # (B, M) barrier values
+    active: Tensor  # (B, M) bool
+    satisfied: Tensor  # (B, K) bool
+    involved: Tensor  # (B, K) bool
+
+
+class _Context:
+    """What priors need: descriptor values, presence, image extent and t."""
+
+    def __init__(
+        self,
+        values: dict[str, Tensor],
+        present: Tensor,
+        spacing: Tensor,
+        extent: Tensor,
+        t: float | Tensor,
+        scale_mode: str,
+    ) -> None:
+        self.values = values
+        self.present = present  # (B, K) bool
+        self.spacing = spacing  # (B|1, D)
+        self.extent = extent  # (B|1, D)
+        self.t = t
+        self.scale_mode = scale_mode
+
+
+@dataclass(frozen=True)
+class RatioPrior:
+    """``low <= f_numerator / f_denominator <= high`` (paper 001: 2 <= L_myo / L_lv <= 3).
+
+    ``component`` selects one axis of a vector descriptor (centroid/spread); None constrains
+    every component. Infinite ``low``/``high`` make the prior one-sided. Inactive in cases
+    where either class is absent.
+    """
+
+    descriptor: str
+    numerator: int
+    denominator: int
+    low: float
+    high: float
+    component: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.descriptor not in DESCRIPTOR_NAMES:
+            raise ValueError(
+                f"losses.py RatioPrior: unknown descriptor {self.descriptor!r}; known: "
+                f"{DESCRIPTOR_NAMES}"
+            )
+        if not self.low <= self.high:
+            raise ValueError(f"losses.py RatioPrior: low={self.low} > high={self.high}")
+
+    @property
+    def name(self) -> str:
+        comp = "" if self.component is None else f"_{self.component}"
+        return f"ratio_{self.descriptor}{comp}_{self.numerator}_{self.denominator}"
+
+    @property
+    def required_descriptors(self) -> tuple[str, ...]:
+        return (self.descriptor,)
+
+    def penalty(self, ctx: _Context) -> _PriorPenalty:
+        values = ctx.values[self.descriptor]
+        ratio = class_ratio(values, self.numerator, self.denominator)  # (B, ...)
+        if self.component is not None:
+            ratio = ratio[:, self.component]
+        ratio = ratio.reshape(ratio.shape[0], -1)  # (B, M)
+        both = ctx.present[:, self.numerator] & ctx.present[:, self.denominator]  # (B,)
+        finite = [v for v in (self.low, self.high) if math.isfinite(v)]
+        if not finite:
+            scale = 1.0
+        elif ctx.scale_mode == "natural":
+            scale = max(abs(sum(finite) / len(finite)), 1e-6)
+        elif len(finite) == 2:
+            scale = max((self.high - self.low) / 2, 1e-3)
+        else:
+            scale = max(DEFAULT_RELATIVE_MARGIN * abs(finite[0]), 1e-3)
+        psi_parts, act_parts = [], []
+        for bound, sign in ((self.low, -1.0), (self.high, 1.0)):
+            if not math.isfinite(bound):
+                continue
+            z = sign * (ratio - bound) / scale  # low: (low - r), high: (r - high)
+            psi_parts.append(extended_log_barrier(z, ctx.t))
+            act_parts.append(both.unsqueeze(1).expand_as(z))
+        if not psi_parts:
+            psi = ratio.new_zeros(ratio.shape[0], 0)
+            active = torch.zeros_like(psi, dtype=torch.bool)
+        else:
+            psi, active = torch.cat(psi_parts, 1), torch.cat(act_parts, 1)
+        inside = (ratio >= self.low) & (ratio <= self.high)
+        ok = (inside | ~both.unsqueeze(1)).all(dim=1)  # (B,)
+        return _prior_status(psi, active, ok, (self.numerator, self.denominator), ctx)
+
+
+@dataclass(frozen=True)
+class EqualCentroidPrior:
+    """``|C_a - C_b| <= tolerance_mm`` on every axis (paper 001: C_myo = C_lv).
+
+    Inactive in cases where either class is absent.
+    """
+
+    class_a: int
+    class_b: int
+    tolerance_mm: float
+
+    def __post_init__(self) -> None:
+        if not self.tolerance_mm >= 0:
+            raise ValueError(
+                f"losses.py EqualCentroidPrior: tolerance_mm must be >= 0, got {self.tolerance_mm}"
+            )
+
+    @property
+    def name(self) -> str:
+        return f"equal_centroid_{self.class_a}_{self.class_b}"
+
+    @property
+    def required_descriptors(self) -> tuple[str, ...]:
+        return ("centroid",)
+
+    def penalty(self, ctx: _Context) -> _PriorPenalty:
+        c = ctx.values["centroid"]
+        difference = c[:, self.class_a] - c[:, self.class_b]  # (B, D)
+        if ctx.scale_mode == "natural":
+            scale = ctx.extent  # (B|1, D)
+        else:
+            scale = torch.clamp(RESOLUTION_FLOOR * ctx.spacing, min=self.tolerance_mm)
+        z = torch.cat(
+            [(difference - self.tolerance_mm) / scale, (-difference - self.tolerance_mm) / scale],
+            dim=1,
+        )  # (B, 2D)
+        both = ctx.present[:, self.class_a] & ctx.present[:, self.class_b]
+        psi = extended_log_barrier(z, ctx.t)
+        active = both.unsqueeze(1).expand_as(z)
+        ok = (difference.abs() <= self.tolerance_mm).all(dim=1) | ~both
+        return _prior_status(psi, active, ok, (self.class_a, self.class_b), ctx)
+
+
+Prior = RatioPrior | EqualCentroidPrior
+
+
+def _prior_status(
+    psi: Tensor, active: Tensor, ok: Tensor, classes: tuple[int, int], ctx: _Context
+) -> _PriorPenalty:
+    batch, num_classes = ctx.present.shape
+    involved = torch.zeros(batch, num_classes, dtype=torch.bool, device=psi.device)
+    involved[:, list(classes)] = True
+    involved = involved & active.any(dim=1, keepdim=True)
+    satisfied = torch.where(involved, ok.unsqueeze(1), torch.ones_like(involved))
+    return _PriorPenalty(psi=psi, active=active, satisfied=satisfied, involved=involved)
+
+
+# ----------------------------------------------------------------------------------------
+# the loss
+# ----------------------------------------------------------------------------------------
+
+
+def _check_descriptors(descriptors: Sequence[str], where: str) -> tuple[str, ...]:
+    if isinstance(descriptors, str):
+        descriptors = (descriptors,)
+    descriptors = tuple(descriptors)
+    unknown = [d for d in descriptors if d not in DESCRIPTOR_NAMES]
+    if unknown:
+        raise ValueError(
+            f"losses.py {where}: unknown descriptor(s) {unknown}; known: {DESCRIPTOR_NAMES}"
+        )
+    return descriptors
+
+
+def _expand_like(x: Tensor, ref: Tensor) -> Tensor:
+    """Broadcast a per-case tensor with trailing singleton dims to ``ref``'s shape."""
+    return torch.broadcast_to(x.view(*x.shape, *([1] * (ref.ndim - x.ndim))), ref.shape)
+
+
+def _natural_scale(name: str, lower: Tensor, upper: Tensor, extent: Tensor, ndim: int) -> Tensor:
+    """``scale_mode="natural"``: magnitude-based units, broadcastable to the descriptor."""
+    if name in ("centroid", "spread"):
+        return extent.unsqueeze(1)  # (B|1, 1, D)
+    if name == "covariance":
+        return (extent.unsqueeze(-1) * extent.unsqueeze(-2)).unsqueeze(1)  # (B|1, 1, D, D)
+    image_volume = extent.prod(dim=-1, keepdim=True)  # (B|1, 1)
+    if name == "volume":
+        floor = ABSENT_VOLUME_FRACTION * image_volume
+    else:  # surface
+        floor = SURFACE_SCALE_FRACTION * image_volume ** ((ndim - 1) / ndim)
+    return torch.maximum(_midpoint(lower, upper).abs(), floor)
+
+
+# smallest half-width, in voxels (lengths) / voxel volumes / faces: finer intervals are at
+# the resolution limit, and a steeper scale lets a tight spread dominate the centroid (the
+# optimisation test converges ~2x slower with 0.05)
+RESOLUTION_FLOOR = 0.5
+
+
+def _resolution_floor(name: str, spacing: Tensor, ndim: int) -> Tensor:
+    """Smallest scale of a component: half a voxel in the descriptor's units."""
+    if name in ("centroid", "spread"):
+        return RESOLUTION_FLOOR * spacing.unsqueeze(1)  # (B|1, 1, D)
+    if name == "covariance":
+        step = RESOLUTION_FLOOR * spacing
+        return (step.unsqueeze(-1) * step.unsqueeze(-2)).unsqueeze(1)
+    voxel = spacing.prod(dim=-1, keepdim=True)  # (B|1, 1)
+    if name == "volume":
+        return RESOLUTION_FLOOR * voxel
+    return RESOLUTION_FLOOR * (voxel / spacing).min(dim=-1, keepdim=True).values  # a face
+
+
+def _half_width_scale(
+    name: str,
+    lower: Tensor,
+    upper: Tensor,
+    present: Tensor,
+    spacing: Tensor,
+    extent: Tensor,
+    ndim: int,
+) -> Tensor:
+    """``scale_mode="half_width"``: the half-width of the feasible interval.
+
+    Two-sided bounds: ``(upper - lower) / 2`` (so the interval is ``z in [-2, 0]`` for both
+    constraints and its midpoint has ``psi = 0``). One-sided bounds: 10 % of the finite
+    bound. Absent classes' volume (``<= 0``): ``1e-3 x image volume``. Floored at half a
+    voxel (:func:`_resolution_floor`) so equality constraints stay finite.
+    """
+    lo_ok, up_ok = torch.isfinite(lower), torch.isfinite(upper)
+    lo = torch.where(lo_ok, lower, torch.zeros_like(lower))
+    up = torch.where(up_ok, upper, torch.zeros_like(upper))
+    one_sided = DEFAULT_RELATIVE_MARGIN * (lo + up).abs()
+    half = torch.where(lo_ok & up_ok, (up - lo).abs() / 2, one_sided)
+    half = torch.maximum(half, _resolution_floor(name, spacing, ndim))
+    if name == "volume":
+        image_volume = extent.prod(dim=-1, keepdim=True)  # (B|1, 1)
+        absent_scale = (ABSENT_VOLUME_FRACTION * image_volume).expand_as(half)
+        half = torch.where(present, half, absent_scale)
+    return half
+
+
+def _midpoint(lower: Tensor, upper: Tensor) -> Tensor:
+    lo_ok, up_ok = torch.isfinite(lower), torch.isfinite(upper)
+    lo = torch.where(lo_ok, lower, torch.zeros_like(lower))
+    up = torch.where(up_ok, upper, torch.zeros_like(upper))
+    return torch.where(lo_ok & up_ok, (lo + up) / 2, lo + up)
+
+
+def shape_descriptor_loss(
+    probs: Tensor,
+    bounds: DescriptorBounds,
+    spacing: SpacingLike = None,
+    t: float | Tensor = 5.0,
+    descriptors: Sequence[str] = ("volume", "centroid", "spread"),
+    include_background: bool = False,
+    priors: Sequence[Prior] = (),
+    reduction: str = "mean",
+    *,
+    values: Mapping[str, Tensor] | None = None,
+    scale_mode: str = "half_width",
+) -> ShapeLossResult:
+    """Extended log-barrier penalty of the descriptor bounds (see the module docstring).
+
+    Args:
+        probs: (B, K, *S) softmax probabilities.
+        bounds: DescriptorBounds; every name in ``descriptors`` must be present in it.
+        spacing: None, D floats, (D,) or (B, D) tensor.
+        t: barrier parameter (float or 0-d tensor).
+        descriptors: the descriptors to constrain.
+        include_background: constrain class 0 too.
+        priors: RatioPrior / EqualCentroidPrior instances.
+        reduction: "mean" -- per case, every descriptor (and prior) contributes the mean of
+            its active barrier terms, these are summed, then averaged over the batch (adding
+            a descriptor does not rescale the others); "sum" -- plain sum of all active terms
+            over constraints and batch; "none" -- the per-case values of "mean", shape (B,).
+        values: precomputed descriptor values of ``probs`` (skip recomputation).
+        scale_mode: "half_width" (default) or "natural" -- how violations are normalised,
+            see the module docstring.
+    Returns:
+        ShapeLossResult (descriptor values are computed in float32 at least).
+    """
+    descriptors = _check_descriptors(descriptors, "shape_descriptor_loss")
+    if scale_mode not in SCALE_MODES:
+        raise ValueError(
+            f"losses.py shape_descriptor_loss: scale_mode must be one of {SCALE_MODES}, got "
+            f"{scale_mode!r}"
+        )
+    if reduction not in REDUCTIONS:
+        raise ValueError(
+            f"losses.py shape_descriptor_loss: reduction must be one of {REDUCTIONS}, got "
+            f"{reduction!r}"
+        )
+    missing = [d for d in descriptors if d not in bounds.lower]
+    if missing:
+        raise ValueError(
+            f"losses.py shape_descriptor_loss: no bounds for descriptor(s) {missing}; bounds "
+            f"have {bounds.names} (use NaN bounds for unconstrained components)"
+        )
+    batch, num_classes, *sizes = probs.shape
+    ndim = len(sizes)
+    compute_dtype = torch.float64 if probs.dtype == torch.float64 else torch.float32
+    needed = list(descriptors)
+    for prior in priors:
+        needed += [d for d in prior.required_descriptors if d not in needed]
+    vals: dict[str, Tensor] = dict(values) if values is not None else {}
+    todo = [n for n in needed if n not in vals]
+    if todo:
+        vals.update(compute_descriptors(probs, spacing, todo, dtype=compute_dtype))
+    vals = {k: v.to(compute_dtype) for k, v in vals.items()}
+
+    s = _spacing_tensor(spacing, batch, ndim, probs.device, compute_dtype, "shape_descriptor_loss")
+    extent = s * torch.tensor(sizes, device=probs.device, dtype=compute_dtype)  # (B|1, D)
+
+    presence = bounds.presence()
+    if presence is None:
+        present = torch.ones(batch, num_classes, dtype=torch.bool, device=probs.device)
+    else:
+        present = torch.broadcast_to(presence.to(probs.device).bool(), (batch, num_classes))
+    class_used = torch.ones(batch, num_classes, dtype=torch.bool, device=probs.device)
+    if not include_background:
+        class_used[:, 0] = False
+
+    per_case: dict[str, Tensor] = {}
+    raw_sum: dict[str, Tensor] = {}
+    satisfied: dict[str, Tensor] = {}
+    active_classes: dict[str, Tensor] = {}
+    for name in descriptors:
+        f = vals[name]
+        lower = torch.broadcast_to(bounds.lower[name].to(f.device, compute_dtype), f.shape)
+        upper = torch.broadcast_to(bounds.upper[name].to(f.device, compute_dtype), f.shape)
+        usable = _expand_like(class_used, f)
+        present_c = _expand_like(present, f)
+        if name == "volume":
+            # absent classes: only volume <= 0 (whatever hand-written bounds said)
+            upper = torch.where(present_c, upper, torch.zeros_like(upper))
+            lower = torch.where(present_c, lower, torch.full_like(lower, math.nan))
+        lower_ok = torch.isfinite(lower) & present_c
+        upper_ok = torch.isfinite(upper) & (present_c | (name == "volume"))
+        if name in NON_NEGATIVE_DESCRIPTORS:
+            lower_ok = lower_ok & (lower > 0)
+        if name == "covariance":
+            triu = torch.ones(ndim, ndim, dtype=torch.bool, device=f.device).triu()
+            lower_ok, upper_ok = lower_ok & triu, upper_ok & triu
+        lower_ok, upper_ok = lower_ok & usable, upper_ok & usable
+
+        if scale_mode == "half_width":
+            scale = _half_width_scale(name, lower, upper, present_c, s, extent, ndim)
+        else:
+            scale = _natural_scale(name, lower, upper, extent, ndim)
+        scale = torch.broadcast_to(scale, f.shape)
+        lower_f = torch.where(lower_ok, lower, torch.zeros_like(lower))
+        upper_f = torch.where(upper_ok, upper, torch.zeros_like(upper))
+        z_low = (lower_f - f) / scale
+        z_up = (f - upper_f) / scale
+        psi_low = torch.where(lower_ok, extended_log_barrier(z_low, t), torch.zeros_like(z_low))
+        psi_up = torch.where(upper_ok, extended_log_barrier(z_up, t), torch.zeros_like(z_up))
+
+        # satisfaction: absent classes tolerate a residual soft volume (probabilities are
+        # never exactly 0) up to the volume scale floor, i.e. z_up <= 1
+        upper_tol = torch.zeros_like(upper)
+        if name == "volume":
+            upper_tol = torch.where(present_c, upper_tol, scale)
+        ok = (~lower_ok | (f >= lower_f)) & (~upper_ok | (f <= upper_f + upper_tol))
+        any_active = lower_ok | upper_ok
+        reduce_dims = tuple(range(2, f.ndim))
+        if reduce_dims:
+            ok = ok.all(dim=reduce_dims)
+            any_active_class = any_active.any(dim=reduce_dims)
+        else:
+            any_active_class = any_active
+        satisfied[name] = ok
+        active_classes[name] = any_active_class
+
+        case_dims = tuple(range(1, f.ndim))
+        total = (psi_low + psi_up).sum(dim=case_dims)  # (B,)
+        count = (lower_ok.sum(dim=case_dims) + upper_ok.sum(dim=case_dims)).to(total.dtype)
+        raw_sum[name] = total
+        per_case[name] = total / count.clamp_min(1.0)
+
+    ctx = _Context(vals, present, s, extent, t, scale_mode)
+    for prior in priors:
+        pen = prior.penalty(ctx)
+        psi = torch.where(pen.active, pen.psi, torch.zeros_like(pen.psi))
+        total = psi.sum(dim=1)
+        count = pen.active.sum(dim=1).to(total.dtype)
+        key = prior.name
+        raw_sum[key] = total
+        per_case[key] = total / count.clamp_min(1.0)
+        satisfied[key] = pen.satisfied
+        active_classes[key] = pen.involved
+
+    if reduction == "mean":
+        terms = {k: v.mean() for k, v in per_case.items()}
+    elif reduction == "sum":
+        terms = {k: v.sum() for k, v in raw_sum.items()}
+    else:
+        terms = dict(per_case)
+    if terms:
+        loss = torch.stack(list(terms.values())).sum(dim=0)
+    else:
+        loss = probs.new_zeros(() if reduction != "none" else (batch,), dtype=compute_dtype)
+    return ShapeLossResult(
+        loss=loss,
+        terms=terms,
+        satisfied=satisfied,
+        active=active_classes,
+        values={k: vals[k] for k in needed},
+    )
+
+
+class ShapeDescriptorLoss(nn.Module):
+    """Module form of :func:`shape_descriptor_loss` with bounds made on the fly.
+
+    ``forward(probs, target, spacing=None)`` accepts as ``target``:
+
+    * an integer (or integer-valued float, as nnU-Net's loader gives) label map
+      (B, 1, *S) -- its descriptors are computed under no_grad, then
+      :func:`bounds_from_targets` with this module's margins;
+    * a (B, K, *S) float tensor of the same shape as ``probs`` (soft / one-hot target, or
+      nnU-Net region masks for sigmoid outputs; with K == 1 a float (B, 1, *S) is read as
+      such a mask, not as a label map);
+    * a dict of target descriptor values {name: tau};
+    * a :class:`DescriptorBounds`.
+
+    The attribute ``t`` may be changed between steps (e.g. from a BarrierSchedule).
+    ``self.last_result`` holds the detached :class:`ShapeLossResult` of the last forward.
+    """
+
+    def __init__(
+        self,
+        descriptors: Sequence[str] = ("volume", "centroid", "spread"),
+        t: float = 5.0,
+        relative_margin: float | Mapping[str, float] = DEFAULT_RELATIVE_MARGIN,
+        absolute_margin: Mapping[str, float] | None = None,
+        include_background: bool = False,
+        priors: Sequence[Prior] = (),
+        reduction: str = "mean",
+        *,
+        apply_softmax: bool = False,
+        scale_mode: str = "half_width",
+    ) -> None:
+        super().__init__()
+        self.descriptors = _check_descriptors(descriptors, "ShapeDescriptorLoss")
+        if reduction not in REDUCTIONS:
+            raise ValueError(
+                f"losses.py ShapeDescriptorLoss: reduction must be one of {REDUCTIONS}, got "
+                f"{reduction!r}"
+            )
+        self.t = float(t)
+        self.relative_margin = relative_margin
+        self.absolute_margin = absolute_margin
+        self.include_background = include_background
+        self.priors = tuple(priors)
+        self.reduction = reduction
+        self.apply_softmax = apply_softmax
+        if scale_mode not in SCALE_MODES:
+            raise ValueError(
+                f"losses.py ShapeDescriptorLoss: scale_mode must be one of {SCALE_MODES}, got "
+                f"{scale_mode!r}"
+            )
+        self.scale_mode = scale_mode
+        self.last_result: ShapeLossResult | None = None
+
+    def target_names(self) -> tuple[str, ...]:
+        """Descriptors needed from a target: the constrained ones, the priors', and volume
+        (which decides absent classes)."""
+        names = ["volume", *self.descriptors]
+        for prior in self.priors:
+            names += list(prior.required_descriptors)
+        return tuple(n for n in DESCRIPTOR_NAMES if n in names)
+
+    def make_bounds(
+        self,
+        target: Tensor | Mapping[str, Tensor] | DescriptorBounds,
+        num_classes: int,
+        spatial_shape: Sequence[int],
+        spacing: SpacingLike = None,
+    ) -> DescriptorBounds:
+        """Bounds from any accepted target form (see the class docstring)."""
+        if isinstance(target, DescriptorBounds):
+            return target
+        if isinstance(target, Mapping):
+            return bounds_from_targets(target, self.relative_margin, self.absolute_margin)
+        if not isinstance(target, Tensor):
+            raise TypeError(
+                f"losses.py ShapeDescriptorLoss: target must be a label map tensor, a dict of "
+                f"descriptor values or DescriptorBounds, got {type(target).__name__}"
+            )
+        ndim = len(spatial_shape)
+        names = self.target_names()
+        with torch.no_grad():
+            same_grid = tuple(target.shape[2:]) == tuple(spatial_shape)
+            soft = target.ndim == ndim + 2 and target.is_floating_point() and same_grid
+            # (B, K, *S) floats are soft targets / region masks; with K == 1 a label map
+            # would be meaningless (every voxel class 0), so a (B, 1, *S) float is a mask too
+            if soft and target.shape[1] == num_classes:
+                values = compute_descriptors(target.float(), spacing, names)
+            elif target.ndim in (ndim + 1, ndim + 2) and tuple(target.shape[-ndim:]) == tuple(
+                spatial_shape
+            ):
+                values = descriptors_from_labels(
+                    target, num_classes, spacing, names, spatial_dims=ndim, validate=False
+                )
+            else:
+                raise ValueError(
+                    f"losses.py ShapeDescriptorLoss: target of shape {tuple(target.shape)} is "
+                    f"neither a (B, 1, *S) label map nor (B, K, *S) probabilities for "
+                    f"K={num_classes}, S={tuple(spatial_shape)}"
+                )
+        return bounds_from_targets(values, self.relative_margin, self.absolute_margin)
+
+    def forward(
+        self,
+        probs: Tensor,
+        target: Tensor | Mapping[str, Tensor] | DescriptorBounds,
+        spacing: SpacingLike = None,
+        *,
+        return_result: bool = False,
+    ) -> Tensor | ShapeLossResult:
+        if self.apply_softmax:
+            probs = torch.softmax(probs, dim=1)
+        bounds = self.make_bounds(target, probs.shape[1], probs.shape[2:], spacing)
+        result = shape_descriptor_loss(
+            probs,
+            bounds,
+            spacing=spacing,
+            t=self.t,
+            descriptors=self.descriptors,
+            include_background=self.include_background,
+            priors=self.priors,
+            reduction=self.reduction,
+            scale_mode=self.scale_mode,
+        )
+        self.last_result = result.detach()
+        return result if return_result else result.loss
+
+    def extra_repr(self) -> str:
+        return (
+            f"descriptors={self.descriptors}, t={self.t}, relative_margin={self.relative_margin}, "
+            f"absolute_margin={self.absolute_margin}, "
+            f"include_background={self.include_background}, "
+            f"priors={self.priors}, reduction={self.reduction!r}"
+        )
