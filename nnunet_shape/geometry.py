@@ -475,7 +475,7 @@ def raw_to_preprocessed_affine(raw_spacing: Sequence[float], transpose_forward: 
     transpose = IndexAffine.permutation(order)
     crop = IndexAffine.translation(-bbox[:, 0])
     resample = IndexAffine.scaling(ratio, 0.5 * ratio - 0.5)
-    spacing_out = spacing[order] * n_new / n_old
+    spacing_out = spacing[order] * n_old / n_new
     return transpose.compose(crop).compose(resample), spacing_out
 
 
