@@ -31,14 +31,7 @@ from nnunetv2.paths import nnUNet_raw
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_shape.descriptor_io import case_targets_array_frame, load_descriptor_folder
-from nnunet_shape.geometry import (
-    IndexAffine,
-    centred_crop_affine,
-    raw_to_preprocessed_targets,
-    spatial_transform_affine,
-    spatial_transform_affine_dummy_2d,
-    transform_targets,
-)
+from nnunet_shape.geometry import IndexAffine, raw_to_preprocessed_targets, training_patch_affine, transform_targets
 from nnunet_shape.losses import DescriptorBounds, bounds_from_targets
 from nnunet_shape.training.shape_trainers import LENGTH_VARIANTS, _length_variant, nnUNetTrainerShapeDescriptors
 from nnunet_shape.training.whole_scan import WholeCaseDataLoader, load_preprocessed_image
@@ -198,35 +191,16 @@ def descriptor_folder(dataset_name: str) -> str:
     return join(nnUNet_raw.require(), dataset_name, "descriptorsTr")
 
 
-def sample_index_map(case_shape: Sequence[int], loader_patch_size: Sequence[int], records: Sequence[dict],
-                     dim: int) -> IndexAffine:
-    """Index map case -> network patch for one sample: centred placement, spatial, mirror."""
-    index_map = centred_crop_affine(case_shape, loader_patch_size)
-    for record in records:
-        if record["type"] == "RecordingSpatialTransform":
-            affine = None if record["affine"] is None else np.asarray(record["affine"], dtype=np.float64)
-            if len(record["input_shape"]) == dim - 1:  # nnU-Net's dummy 2D augmentation of 3D data
-                step = spatial_transform_affine_dummy_2d(affine, loader_patch_size,
-                                                         (loader_patch_size[0], *record["patch_size"]))
-            else:
-                step = spatial_transform_affine(affine, record["input_shape"], record["patch_size"])
-        else:
-            step = IndexAffine.mirror(_current_patch(records, record, loader_patch_size, dim), record["axes"])
-        index_map = index_map.compose(step)
-    return index_map
-
-
-def _current_patch(records: Sequence[dict], until: dict, loader_patch_size: Sequence[int], dim: int
-                   ) -> tuple[int, ...]:
-    """Patch size in effect when ``until`` runs (after the spatial transform, its patch size)."""
-    size = tuple(loader_patch_size)
-    for record in records:
-        if record is until:
-            break
-        if record["type"] == "RecordingSpatialTransform":
-            size = tuple(record["patch_size"]) if len(record["patch_size"]) == dim else \
-                (size[0], *record["patch_size"])
-    return size
+def sample_index_map(case_shape: Sequence[int], loader_patch_size: Sequence[int], patch_size: Sequence[int],
+                     records: Sequence[dict]) -> IndexAffine:
+    """Index map case -> network patch for one sample, from what the recording transforms saw."""
+    spatial = next((r for r in records if r["type"] == "RecordingSpatialTransform"), None)
+    mirror = next((r for r in records if r["type"] == "RecordingMirrorTransform"), None)
+    affine = None if spatial is None or spatial["affine"] is None else np.asarray(spatial["affine"], np.float64)
+    # nnU-Net's dummy 2D augmentation hands the spatial transform a 2D image of a 3D case
+    dummy_2d = spatial is not None and len(spatial["input_shape"]) == len(case_shape) - 1
+    return training_patch_affine(case_shape, loader_patch_size, patch_size, affine,
+                                 mirror["axes"] if mirror is not None else (), dummy_2d)
 
 
 def widen_exact_values(targets: Targets, relative_margin, absolute_margin) -> tuple[dict, dict]:
@@ -311,10 +285,10 @@ class nnUNetTrainerShapeDescriptorsFromFile(nnUNetTrainerShapeDescriptors):
     def _batch_bounds(self, batch: dict) -> DescriptorBounds:
         lowers: dict[str, list] = {}
         uppers: dict[str, list] = {}
-        dim = batch["data"].ndim - 2
+        patch_size = tuple(batch["data"].shape[2:])
         for key, records in zip(batch["keys"], batch["augmentation"]):
             targets, spacing, shape = self._targets_for_case(key)
-            index_map = sample_index_map(shape, batch["loader_patch_size"], records, dim)
+            index_map = sample_index_map(shape, batch["loader_patch_size"], patch_size, records)
             moved = transform_targets(targets, index_map, spacing, spacing)
             lower, upper = widen_exact_values(moved, self.relative_margin, self.absolute_margin)
             for name in moved:
