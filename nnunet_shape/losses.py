@@ -339,6 +339,11 @@ class RatioPrior:
             )
         if not self.low <= self.high:
             raise ValueError(f"losses.py RatioPrior: low={self.low} > high={self.high}")
+        if self.component is not None and self.descriptor in ("volume", "surface"):
+            raise ValueError(
+                f"losses.py RatioPrior: {self.descriptor!r} is a scalar per class; "
+                f"component={self.component} only applies to centroid/spread/covariance"
+            )
 
     @property
     def name(self) -> str:
@@ -778,7 +783,8 @@ class ShapeDescriptorLoss(nn.Module):
             # (B, K, *S) floats are soft targets / region masks; with K == 1 a label map
             # would be meaningless (every voxel class 0), so a (B, 1, *S) float is a mask too
             if soft and target.shape[1] == num_classes:
-                values = compute_descriptors(target.float(), spacing, names)
+                wide = torch.float64 if target.dtype == torch.float64 else torch.float32
+                values = compute_descriptors(target, spacing, names, dtype=wide)
             elif target.ndim in (ndim + 1, ndim + 2) and tuple(target.shape[-ndim:]) == tuple(
                 spatial_shape
             ):

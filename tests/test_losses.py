@@ -389,6 +389,15 @@ def test_ratio_prior_component_and_one_sided():
     assert result.terms[prior.name].item() == pytest.approx(expected.item())
 
 
+def test_ratio_prior_validation():
+    with pytest.raises(ValueError, match="low=3.0 > high=2.0"):
+        RatioPrior("volume", 1, 2, 3.0, 2.0)
+    with pytest.raises(ValueError, match="scalar per class"):
+        RatioPrior("volume", 1, 2, 1.0, 2.0, component=0)
+    with pytest.raises(ValueError, match="unknown descriptor"):
+        RatioPrior("length", 1, 2, 1.0, 2.0)
+
+
 @pytest.mark.parametrize("offset,tolerance,ok", [(0, 1.0, True), (1, 1.5, True), (3, 2.0, False)])
 def test_equal_centroid_prior(offset, tolerance, ok):
     probs = cube_probs((16, 16, 16), (4, 4, 4), (8, 8, 8), num_classes=3)
@@ -462,6 +471,15 @@ def test_float64_loss_stays_float64():
 # ----------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (badly so on a busy machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _optimise(descriptors, steps, seed=0, lr=0.2, labels=None, spacing=(1.0, 1.2, 2.0)):
     torch.manual_seed(seed)
     labels = two_ellipsoids() if labels is None else labels
@@ -478,7 +496,7 @@ def _optimise(descriptors, steps, seed=0, lr=0.2, labels=None, spacing=(1.0, 1.2
     return probs, loss_fn(probs, labels, spacing=spacing, return_result=True)
 
 
-def test_free_logits_supervised_by_descriptors_only_satisfy_every_constraint():
+def test_free_logits_supervised_by_descriptors_only_satisfy_every_constraint(one_thread):
     _, result = _optimise(("volume", "centroid", "spread"), steps=300)
     for name, ok in result.satisfied.items():
         assert ok[:, 1:].all(), (name, result.values[name])
@@ -490,7 +508,7 @@ def _components(mask: np.ndarray) -> int:
     return int(cc3d.connected_components(mask.astype(np.uint8), connectivity=6).max())
 
 
-def test_surface_keeps_the_prediction_compact():
+def test_surface_keeps_the_prediction_compact(one_thread):
     labels = two_ellipsoids()
     plain, _ = _optimise(("volume", "centroid", "spread"), steps=250, labels=labels)
     with_surface, _ = _optimise(
@@ -510,7 +528,7 @@ def test_surface_keeps_the_prediction_compact():
 @pytest.mark.parametrize(
     "descriptors", [("volume", "centroid", "spread"), ("volume", "centroid", "spread", "surface")]
 )
-def test_optimisation_robust_to_seeds(descriptors, seed):
+def test_optimisation_robust_to_seeds(descriptors, seed, one_thread):
     _, result = _optimise(descriptors, steps=800, seed=seed)
     for name, ok in result.satisfied.items():
         assert ok[:, 1:].all(), (seed, name, result.values[name])

@@ -162,3 +162,18 @@ def test_checkpoint_best_follows_descriptor_satisfaction_not_dice(planned, monke
         trainer.on_epoch_end()
         assert ("checkpoint_best.pth" in saved) == (epoch in (0, 1)), (epoch, saved)
     assert trainer._best_satisfaction == pytest.approx(0.5)
+
+
+def test_satisfaction_counts_only_constrained_cases():
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(descriptors=("volume", "centroid"), label_manager=SimpleNamespace(has_regions=False))
+    # 3 cases x (background, a, b); -1 = not constrained (e.g. centroid of an absent class)
+    outputs = {"satisfied_volume": np.array([[-1, 1, 0], [-1, 1, 1], [-1, 0, 1]], dtype=np.int8),
+               "satisfied_centroid": np.array([[-1, 1, -1], [-1, -1, -1], [-1, 0, -1]], dtype=np.int8)}
+    per_class = nnUNetTrainerShapeDescriptors._satisfaction_per_class(fake, outputs)
+    assert per_class["volume"] == pytest.approx([2 / 3, 2 / 3])
+    assert per_class["centroid"][0] == pytest.approx(0.5) and np.isnan(per_class["centroid"][1])
+    overall = nnUNetTrainerShapeDescriptors._overall_satisfaction(per_class)
+    assert overall == pytest.approx((2 / 3 + 2 / 3 + 0.5) / 3)
+    assert nnUNetTrainerShapeDescriptors._overall_satisfaction({"volume": np.array([np.nan])}) == 1.0

@@ -113,7 +113,11 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
             output = self.network(data)
         output = output[0] if isinstance(output, (list, tuple)) else output
         result = self.loss(self._probabilities(output), target, spacing, return_result=True)
-        satisfied = {f"satisfied_{name}": result.satisfied[name].detach().cpu().numpy()
+        # per (case, class): 1 = constraints of this descriptor met, 0 = violated, -1 = nothing
+        # constrained (e.g. the centroid of an absent class), which must not count as success
+        satisfied = {f"satisfied_{name}": torch.where(result.active[name], result.satisfied[name].to(torch.int8),
+                                                      torch.full_like(result.satisfied[name], -1, dtype=torch.int8)
+                                                      ).cpu().numpy()
                      for name in self.descriptors}
         return result.loss, {"output": output, "target": target, **satisfied}
 
@@ -165,11 +169,24 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         return [names.get(label, str(label)) for label in self.label_manager.foreground_labels]
 
     def _satisfaction_per_class(self, outputs: dict) -> dict[str, np.ndarray]:
-        """Fraction of cases in which each descriptor of each foreground class was within bounds."""
+        """Per descriptor and foreground class: the fraction of the constrained cases in which it
+        was within bounds (NaN where it was never constrained)."""
         first = 0 if self.label_manager.has_regions else 1  # no background row in region training
-        return {name: np.asarray(outputs[f"satisfied_{name}"], dtype=np.float64).reshape(
-                    -1, np.asarray(outputs[f"satisfied_{name}"]).shape[-1])[:, first:].mean(0)
-                for name in self.descriptors}
+        fractions = {}
+        for name in self.descriptors:
+            codes = np.asarray(outputs[f"satisfied_{name}"])
+            codes = codes.reshape(-1, codes.shape[-1])[:, first:]
+            active = (codes >= 0).sum(0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                fractions[name] = np.where(active > 0, (codes == 1).sum(0) / np.maximum(active, 1), np.nan)
+        return fractions
+
+    @staticmethod
+    def _overall_satisfaction(per_class: dict[str, np.ndarray]) -> float:
+        """Mean over descriptors and classes of the constrained ones (1.0 if nothing was)."""
+        values = np.concatenate([v for v in per_class.values()])
+        values = values[np.isfinite(values)]
+        return float(values.mean()) if values.size else 1.0
 
     def on_train_epoch_start(self):
         self.loss.t = self.barrier_schedule.t
@@ -180,13 +197,12 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end([{"loss": o["loss"]} for o in train_outputs])
         per_class = self._satisfaction_per_class(collate_outputs(train_outputs))
-        self.logger.log(TRAIN_SATISFACTION_KEY, float(np.mean([v.mean() for v in per_class.values()])),
-                        self.current_epoch)
+        self.logger.log(TRAIN_SATISFACTION_KEY, self._overall_satisfaction(per_class), self.current_epoch)
 
     def on_validation_epoch_end(self, val_outputs: list[dict]):
         super().on_validation_epoch_end(val_outputs)
         per_class = self._satisfaction_per_class(collate_outputs(val_outputs))
-        overall = float(np.mean([v.mean() for v in per_class.values()]))
+        overall = self._overall_satisfaction(per_class)
         previous = self.logger.get_value(EMA_SATISFACTION_KEY, step=None)
         ema = overall if len(previous) == 0 else 0.9 * previous[-1] + 0.1 * overall
         self.logger.log(VAL_SATISFACTION_KEY, overall, self.current_epoch)
@@ -279,6 +295,8 @@ LENGTH_VARIANTS: tuple[tuple[str, int, int, int], ...] = (
     ("_5epochs", 5, 250, 50),
     ("_50epochs", 50, 250, 50),
     ("_250epochs", 250, 250, 50),
+    # `make demo` (nnunet_shape/demo.py): every Table-1 row gets the same CPU-sized schedule
+    ("_demo", 20, 40, 4),
     # smoke tests: one epoch of a handful of iterations and a tiny validation
     ("_debug", 1, 3, 1),
 )
