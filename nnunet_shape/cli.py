@@ -21,6 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                                  "decide largest-component postprocessing from cross-validation"),
     "apply-postprocessing": ("nnunet_shape.postprocessing_cli", "apply_main",
                              "apply a postprocessing.pkl to a prediction folder (GPU or CPU)"),
+    "predict": ("nnunet_shape.predict", "main",
+                "nnUNetv2_predict with argmax and postprocessing on the device (--postprocessing)"),
     "evaluate": ("nnunet_shape.evaluate", "main",
                  "Dice per class and descriptor errors of a prediction folder"),
     "placeholder-labels": ("nnunet_shape.label_free", "placeholder_labels_main",
