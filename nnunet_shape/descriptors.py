@@ -627,15 +627,16 @@ def class_ratio(
 # ----------------------------------------------------------------------------------------
 
 
-def _check_names(names: Sequence[str], function: str) -> tuple[str, ...]:
+def check_descriptor_names(names: str | Sequence[str], where: str) -> tuple[str, ...]:
+    """``names`` as a tuple of known descriptor names; ``where`` (file and function) starts the
+    error message for an unknown one."""
     if isinstance(names, str):
         names = (names,)
     names = tuple(names)
     unknown = [n for n in names if n not in DESCRIPTOR_NAMES]
     if unknown:
         raise ValueError(
-            f"descriptors.py {function}: unknown descriptor name(s) {unknown}; "
-            f"known: {DESCRIPTOR_NAMES}"
+            f"{where}: unknown descriptor name(s) {unknown}; known: {DESCRIPTOR_NAMES}"
         )
     return names
 
@@ -655,7 +656,7 @@ def compute_descriptors(
     covariance (B, K, D, D), surface (B, K), in the order of ``names``, in the input dtype
     or ``dtype`` if given.
     """
-    names = _check_names(names, "compute_descriptors")
+    names = check_descriptor_names(names, "descriptors.py compute_descriptors")
     ndim = _check_probs(probs, "compute_descriptors")
     compute, out_dtype = _resolve_dtypes(probs, dtype)
     s = _spacing_tensor(spacing, probs.shape[0], ndim, probs.device, compute, "compute_descriptors")

@@ -56,6 +56,7 @@ from nnunet_shape.descriptors import (
     DESCRIPTOR_NAMES,
     SpacingLike,
     _spacing_tensor,
+    check_descriptor_names,
     class_ratio,
     compute_descriptors,
     descriptors_from_labels,
@@ -449,18 +450,6 @@ def _prior_status(
 # ----------------------------------------------------------------------------------------
 
 
-def _check_descriptors(descriptors: Sequence[str], where: str) -> tuple[str, ...]:
-    if isinstance(descriptors, str):
-        descriptors = (descriptors,)
-    descriptors = tuple(descriptors)
-    unknown = [d for d in descriptors if d not in DESCRIPTOR_NAMES]
-    if unknown:
-        raise ValueError(
-            f"losses.py {where}: unknown descriptor(s) {unknown}; known: {DESCRIPTOR_NAMES}"
-        )
-    return descriptors
-
-
 def _expand_like(x: Tensor, ref: Tensor) -> Tensor:
     """Broadcast a per-case tensor with trailing singleton dims to ``ref``'s shape."""
     return torch.broadcast_to(x.view(*x.shape, *([1] * (ref.ndim - x.ndim))), ref.shape)
@@ -568,7 +557,7 @@ def shape_descriptor_loss(
     Returns:
         ShapeLossResult (descriptor values are computed in float32 at least).
     """
-    descriptors = _check_descriptors(descriptors, "shape_descriptor_loss")
+    descriptors = check_descriptor_names(descriptors, "losses.py shape_descriptor_loss")
     if scale_mode not in SCALE_MODES:
         raise ValueError(
             f"losses.py shape_descriptor_loss: scale_mode must be one of {SCALE_MODES}, got "
@@ -729,7 +718,7 @@ class ShapeDescriptorLoss(nn.Module):
         scale_mode: str = "half_width",
     ) -> None:
         super().__init__()
-        self.descriptors = _check_descriptors(descriptors, "ShapeDescriptorLoss")
+        self.descriptors = check_descriptor_names(descriptors, "losses.py ShapeDescriptorLoss")
         if reduction not in REDUCTIONS:
             raise ValueError(
                 f"losses.py ShapeDescriptorLoss: reduction must be one of {REDUCTIONS}, got "
