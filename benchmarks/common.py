@@ -33,6 +33,7 @@ __all__ = [
     "synchronizer",
     "time_callable",
     "time_interleaved",
+    "paired_ratio",
     "format_seconds",
     "format_ratio",
     "markdown_table",
@@ -45,10 +46,17 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Timing:
-    """Wall times (seconds) of the timed runs of one variant; warm-up runs are not included."""
+    """Times (seconds) of the timed runs of one variant; warm-up runs are not included.
+
+    ``samples`` are wall times; ``cpu_samples`` the process CPU time (all threads,
+    ``time.process_time``) of the same runs. On a CPU shared with other jobs the CPU time is
+    far less sensitive to the others' load (time spent descheduled is not charged), so
+    :meth:`cpu` gives a second, steadier figure for CPU benchmarks; it means little for CUDA.
+    """
 
     samples: tuple[float, ...]
     warmup: int = 0
+    cpu_samples: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.samples:
@@ -70,6 +78,12 @@ class Timing:
     def ratio_to(self, baseline: "Timing") -> float:
         """Median of this variant divided by the baseline's median."""
         return self.median / baseline.median
+
+    def cpu(self) -> "Timing":
+        """The CPU-time samples as a Timing of their own (for :func:`paired_ratio` etc.)."""
+        if not self.cpu_samples:
+            raise ValueError("benchmarks/common.py Timing.cpu: no CPU-time samples were recorded")
+        return Timing(self.cpu_samples, self.warmup)
 
 
 def synchronizer(device: torch.device | str) -> Callable[[], None]:
@@ -95,11 +109,16 @@ def time_interleaved(
     repeats: int = 5,
     warmup: int = 1,
     device: torch.device | str = "cpu",
+    alternate_order: bool = True,
 ) -> dict[str, Timing]:
-    """Time several variants round-robin: per round, each function once, in the given order.
+    """Time several variants round-robin: per round, each function once.
 
-    Returns {name: Timing} in the order of ``functions``. Each variant gets ``warmup`` discarded
-    runs (also interleaved) and ``repeats`` timed runs.
+    Returns {name: Timing} in the order of ``functions``; ``samples[i]`` of every variant comes
+    from the same round ``i``, so they can be paired (:func:`paired_ratio`). Each variant gets
+    ``warmup`` discarded runs (also interleaved) and ``repeats`` timed runs. With
+    ``alternate_order`` every other round runs the variants in reverse order, so that no
+    variant always runs right after the same neighbour (e.g. after one that leaves the caches
+    cold or the allocator fragmented).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(
@@ -107,28 +126,52 @@ def time_interleaved(
             f"repeats={repeats}, warmup={warmup}"
         )
     sync = synchronizer(device)
-    samples: dict[str, list[float]] = {name: [] for name in functions}
+    names = list(functions)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    cpu_samples: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(warmup + repeats):
-        for name, function in functions.items():
+        order = names[::-1] if alternate_order and round_index % 2 else names
+        for name in order:
             sync()
-            start = time.perf_counter()
-            function()
+            start, cpu_start = time.perf_counter(), time.process_time()
+            functions[name]()
             sync()
-            elapsed = time.perf_counter() - start
+            elapsed, cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu_start
             if round_index >= warmup:
                 samples[name].append(elapsed)
-    return {name: Timing(tuple(values), warmup) for name, values in samples.items()}
+                cpu_samples[name].append(cpu_elapsed)
+    return {name: Timing(tuple(samples[name]), warmup, tuple(cpu_samples[name])) for name in names}
+
+
+def paired_ratio(timing: Timing, baseline: Timing) -> float:
+    """Median over rounds of ``timing.samples[i] / baseline.samples[i]``.
+
+    For variants timed by :func:`time_interleaved`, sample ``i`` of both ran within the same
+    round, seconds apart: the per-round ratio cancels slow drifts of a shared machine's load
+    that the ratio of the two medians does not.
+    """
+    if len(timing.samples) != len(baseline.samples):
+        raise ValueError(
+            f"benchmarks/common.py paired_ratio: {len(timing.samples)} and {len(baseline.samples)} samples; "
+            "pair only timings from the same time_interleaved call"
+        )
+    return float(statistics.median(a / b for a, b in zip(timing.samples, baseline.samples)))
+
+
+def _three_digits(value: float) -> str:
+    """3 significant digits without an exponent: ``812``, ``24.0``, ``1.23``."""
+    return f"{value:.0f}" if value >= 100 else f"{value:#.3g}"
 
 
 def format_seconds(seconds: float | None) -> str:
-    """Human-readable duration with 3 significant digits: ``812 µs``, ``12.3 ms``, ``4.56 s``."""
+    """Human-readable duration with 3 significant digits: ``812 µs``, ``12.3 ms``, ``24.0 s``."""
     if seconds is None:
         return "-"
     if seconds < 1e-3:
-        return f"{seconds * 1e6:.3g} µs"
+        return f"{_three_digits(seconds * 1e6)} µs"
     if seconds < 1.0:
-        return f"{seconds * 1e3:.3g} ms"
-    return f"{seconds:.3g} s"
+        return f"{_three_digits(seconds * 1e3)} ms"
+    return f"{_three_digits(seconds)} s"
 
 
 def format_ratio(value: float | None, digits: int = 2) -> str:

@@ -22,19 +22,21 @@ Set-up (cached, see ``--cache``):
    where ``nnUNetv2_train`` would put them.
 
 Measured, per model, on the test case (``-device cpu``, nnU-Net's defaults: step 0.5, Gaussian
-weighting, mirroring test-time augmentation on the 3 axes):
+weighting; mirroring test-time augmentation off unless ``--tta``: it multiplies the network
+evaluations of both models by 8 and would make the default run far longer on a CPU):
 
 * ``nnUNetv2_predict`` wall time of the console script (start-up included: imports, the trainer
   lookup, worker processes);
 * the predictor in-process (``nnUNetPredictor.predict_single_npy_array``: preprocessing,
   sliding-window prediction, conversion back to the original geometry), median after warm-up,
   the two models interleaved;
-* the sliding-window logits alone (``predict_logits_from_preprocessed_data`` on the
-  preprocessed case);
-* windows per case (``_internal_get_sliding_window_slicers``) and network evaluations (counted;
-  8 per window with mirroring).
+* its sliding-window part alone (``predict_logits_from_preprocessed_data``, timed inside the
+  same runs);
+* windows per case (``_internal_get_sliding_window_slicers`` on the padded preprocessed case)
+  and network evaluations (counted with a forward pre-hook; 8 per window with ``--tta``).
 
-    .venv/bin/python benchmarks/inference_time.py              # ~3 min the first time, ~1 min cached
+    .venv/bin/python benchmarks/inference_time.py              # a few minutes the first time, less cached
+    .venv/bin/python benchmarks/inference_time.py --tta --repeats 1
     .venv/bin/python benchmarks/inference_time.py --device cuda
 """
 
@@ -44,6 +46,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,7 +74,7 @@ MODELS: tuple[tuple[str, str], ...] = (
 )
 VENV_BIN = Path(sys.executable).parent
 #: bump when the set-up changes so that stale caches are not reused
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def default_cache_dir(shape: Sequence[int] = DEFAULT_SHAPE) -> Path:
@@ -81,7 +84,7 @@ def default_cache_dir(shape: Sequence[int] = DEFAULT_SHAPE) -> Path:
 
 
 def nnunet_environment(root: Path, **extra: str) -> dict[str, str]:
-    """nnU-Net paths under ``root``, our trainers on ``nnUNet_extTrainer``, CPU-sized workers."""
+    """nnU-Net paths under ``root``, our trainers on ``nnUNet_extTrainer``, no torch.compile."""
     from nnunet_shape.cli import trainers_directory
 
     env = {
@@ -89,9 +92,11 @@ def nnunet_environment(root: Path, **extra: str) -> dict[str, str]:
         "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
         "nnUNet_results": str(root / "nnUNet_results"),
         "nnUNet_extTrainer": trainers_directory(),
-        "nnUNet_def_n_proc": "1",
         "nnUNet_compile": "false",
     }
+    # nnUNet_def_n_proc is left alone on purpose: nnU-Net also caps the predictor's torch threads
+    # with it (predict_logits_from_preprocessed_data), so setting it would slow the console script
+    # down relative to the in-process predictor; worker processes are set with -np/-npp/-nps.
     env.update(extra)
     return env
 
@@ -149,6 +154,8 @@ def _save_untrained_checkpoint(root: Path, trainer_name: str) -> Path:
     with environment(nnunet_environment(root)):
         trainer = trainer_class(plans, CONFIGURATION, FOLD, dataset_json, torch.device("cpu"))
         trainer.initialize()
+        # sets inference_allowed_mirroring_axes (saved in the checkpoint), as training would
+        trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         output = Path(trainer.output_folder)
         output.mkdir(parents=True, exist_ok=True)
         base = Path(trainer.output_folder_base)
@@ -206,10 +213,10 @@ def _test_images(cache: Path) -> list[Path]:
     return sorted((cache / "nnUNet_raw" / dataset_folder_name() / "imagesTs").glob("*_0000.nii.gz"))
 
 
-def _make_predictor(cache: Path, trainer: str, device: torch.device):
+def _make_predictor(cache: Path, trainer: str, device: torch.device, tta: bool):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
                                 perform_everything_on_device=device.type == "cuda", device=device,
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     with environment(nnunet_environment(cache)):
@@ -232,15 +239,41 @@ class _CountingForward:
         self._handle.remove()
 
 
-def run(device: str = "cpu", shape: Sequence[int] = DEFAULT_SHAPE, repeats: int = 3, warmup: int = 1,
-        cli_repeats: int = 1, cache: str | os.PathLike | None = None, verbose: bool = True) -> list[dict[str, Any]]:
+class _TimedLogits:
+    """Wraps a predictor's ``predict_logits_from_preprocessed_data`` to record its duration, so one
+    ``predict_single_npy_array`` run gives both the whole predictor time and its sliding-window part."""
+
+    def __init__(self, predictor: Any, device: torch.device) -> None:
+        self.seconds: list[float] = []
+        self._original = predictor.predict_logits_from_preprocessed_data
+        self._device = device
+        predictor.predict_logits_from_preprocessed_data = self
+
+    def __call__(self, data: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        result = self._original(data)
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        self.seconds.append(time.perf_counter() - start)
+        return result
+
+
+def run(device: str = "cpu", shape: Sequence[int] = DEFAULT_SHAPE, repeats: int = 2, warmup: int = 1,
+        cli_repeats: int = 1, tta: bool = False, cache: str | os.PathLike | None = None,
+        verbose: bool = True) -> list[dict[str, Any]]:
     """Prepare (cached) and time both models; one dict per model.
+
+    ``tta``: mirroring test-time augmentation (nnU-Net's default; 8 network evaluations per
+    window in 3D for both models, so it scales both times alike). Off by default to keep the
+    run short. The first in-process prediction of each model (which also counts the windows and
+    network evaluations) is the warm-up.
 
     Keys: ``model``, ``trainer``, ``patch_size``, ``case_shape`` (preprocessed), ``windows``,
     ``network_evaluations``, ``cli_seconds`` (median wall time of ``nnUNetv2_predict``),
     ``predictor_seconds`` (in-process ``predict_single_npy_array``, median), ``logits_seconds``
-    (sliding-window logits only, median), the ``*_ratio`` of each time to the sliding-window
-    baseline, ``device``, ``setup_seconds`` (time spent preparing in this call; 0 if cached).
+    (its sliding-window part, ``predict_logits_from_preprocessed_data``, median), the
+    ``*_ratio`` of each time to the sliding-window baseline, ``tta``, ``device``, ``repeats``,
+    ``cli_repeats``, ``setup_seconds`` (time spent preparing in this call; 0 if cached).
     """
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
@@ -252,35 +285,37 @@ def run(device: str = "cpu", shape: Sequence[int] = DEFAULT_SHAPE, repeats: int 
         raise RuntimeError(f"benchmarks/inference_time.py: no test image in {cache_dir} (delete the cache)")
     image, properties = SimpleITKIO().read_images([str(images[0])])
 
-    predictors = {trainer: _make_predictor(cache_dir, trainer, torch_device) for _, trainer in MODELS}
+    predictors = {trainer: _make_predictor(cache_dir, trainer, torch_device, tta) for _, trainer in MODELS}
     info: dict[str, dict[str, Any]] = {}
-    preprocessed: dict[str, torch.Tensor] = {}
+    logits_timers: dict[str, _TimedLogits] = {}
     for _, trainer in MODELS:
         predictor = predictors[trainer]
-        from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
-
-        adapter = PreprocessAdapterFromNpy([image], [None], [properties], [None], predictor.plans_manager,
-                                           predictor.dataset_json, predictor.configuration_manager,
-                                           num_threads_in_multithreaded=1, verbose=False)
-        data = next(adapter)["data"]
-        preprocessed[trainer] = data
         patch = tuple(int(p) for p in predictor.configuration_manager.patch_size)
-        padded = tuple(max(int(s), p) for s, p in zip(data.shape[1:], patch))
+        logits_timers[trainer] = _TimedLogits(predictor, torch_device)
+        shapes: list[tuple[int, ...]] = []
+        original_slicers = predictor._internal_get_sliding_window_slicers
+
+        def record_slicers(image_size: tuple[int, ...], original: Any = original_slicers,
+                           shapes: list = shapes) -> Any:
+            shapes.append(tuple(int(s) for s in image_size))
+            return original(image_size)
+
+        predictor._internal_get_sliding_window_slicers = record_slicers
         counter = _CountingForward(predictor.network)
-        predictor.predict_logits_from_preprocessed_data(data)
+        for _ in range(warmup):  # the warm-up run also counts windows and network evaluations
+            predictor.predict_single_npy_array(image, properties, None, None, False)
         counter.remove()
-        info[trainer] = dict(patch_size=patch, case_shape=tuple(int(s) for s in data.shape[1:]),
-                             windows=len(predictor._internal_get_sliding_window_slicers(padded)),
-                             network_evaluations=counter.calls)
+        del predictor._internal_get_sliding_window_slicers
+        windows = len(original_slicers(shapes[-1])) if shapes else 0
+        info[trainer] = dict(patch_size=patch, case_shape=shapes[-1] if shapes else None, windows=windows,
+                             network_evaluations=counter.calls // max(warmup, 1))
+        logits_timers[trainer].seconds.clear()
 
     if verbose:
         print("inference_time: timing the predictors in-process ...", flush=True)
     predictor_times = time_interleaved(
         {trainer: (lambda p=predictors[trainer]: p.predict_single_npy_array(image, properties, None, None, False))
-         for _, trainer in MODELS}, repeats=repeats, warmup=warmup, device=torch_device)
-    logits_times = time_interleaved(
-        {trainer: (lambda p=predictors[trainer], d=preprocessed[trainer]: p.predict_logits_from_preprocessed_data(d))
-         for _, trainer in MODELS}, repeats=repeats, warmup=warmup, device=torch_device)
+         for _, trainer in MODELS}, repeats=repeats, warmup=0, device=torch_device)
 
     if verbose:
         print("inference_time: timing nnUNetv2_predict ...", flush=True)
@@ -292,7 +327,8 @@ def run(device: str = "cpu", shape: Sequence[int] = DEFAULT_SHAPE, repeats: int 
         shutil.rmtree(output, ignore_errors=True)
         _run(["nnUNetv2_predict", "-i", str(images[0].parent), "-o", str(output), "-d", str(DATASET_ID),
               "-c", CONFIGURATION, "-p", PLANS, "-tr", trainer, "-f", FOLD, "-device", torch_device.type,
-              "-npp", "1", "-nps", "1", "--disable_progress_bar"], env, logs / f"predict_{trainer}.log")
+              "-npp", "1", "-nps", "1", "--disable_progress_bar"] + ([] if tta else ["--disable_tta"]),
+             env, logs / f"predict_{trainer}.log")
         if not list(output.glob("*.nii.gz")):
             raise RuntimeError(f"benchmarks/inference_time.py: nnUNetv2_predict wrote nothing to {output}")
 
@@ -300,15 +336,16 @@ def run(device: str = "cpu", shape: Sequence[int] = DEFAULT_SHAPE, repeats: int 
                                  repeats=cli_repeats, warmup=0)
 
     baseline = MODELS[0][1]
+    logits_median = {t: float(statistics.median(timer.seconds)) for t, timer in logits_timers.items()}
     rows = []
     for label, trainer in MODELS:
         rows.append(dict(
-            model=label, trainer=trainer, device=str(torch_device), **info[trainer],
+            model=label, trainer=trainer, device=str(torch_device), tta=tta, **info[trainer],
             cli_seconds=cli_times[trainer].median, cli_ratio=cli_times[trainer].ratio_to(cli_times[baseline]),
             predictor_seconds=predictor_times[trainer].median,
             predictor_ratio=predictor_times[trainer].ratio_to(predictor_times[baseline]),
-            logits_seconds=logits_times[trainer].median,
-            logits_ratio=logits_times[trainer].ratio_to(logits_times[baseline]),
+            logits_seconds=logits_median[trainer],
+            logits_ratio=logits_median[trainer] / logits_median[baseline],
             repeats=repeats, cli_repeats=cli_repeats, setup_seconds=sum(setup.values()),
         ))
     return rows
@@ -330,9 +367,10 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     )
     first = rows[0]
     return (f"One test case of {size(first['case_shape'])} voxels (preprocessed), device {first['device']}, "
-            f"mirroring TTA on, step 0.5; in-process times are medians of {first['repeats']} interleaved runs "
-            f"after warm-up, the console script is timed {first['cli_repeats']}x per model. Ratios are to the "
-            f"sliding-window model in the same run.\n\n{table}")
+            f"step 0.5, Gaussian weighting, mirroring TTA {'on' if first['tta'] else 'off'}; in-process times "
+            f"are medians of {first['repeats']} interleaved runs after warm-up, the console script is timed "
+            f"{first['cli_repeats']}x per model. Ratios are to the sliding-window model in the same run.\n\n"
+            f"{table}")
 
 
 def target_met(rows: Sequence[dict[str, Any]]) -> bool:
@@ -343,7 +381,9 @@ def target_met(rows: Sequence[dict[str, Any]]) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--repeats", type=int, default=3, help="in-process timed runs per model (default 3)")
+    parser.add_argument("--repeats", type=int, default=2, help="in-process timed runs per model (default 2)")
+    parser.add_argument("--tta", action="store_true",
+                        help="mirroring test-time augmentation (nnU-Net's default; 8x the network evaluations)")
     parser.add_argument("--cli-repeats", type=int, default=1, help="nnUNetv2_predict runs per model (default 1)")
     parser.add_argument("--cache", default=None, help=f"set-up cache folder (default {default_cache_dir()})")
     parser.add_argument("--fresh", action="store_true", help="delete the cache first")
@@ -351,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = Path(args.cache) if args.cache else default_cache_dir()
     if args.fresh:
         shutil.rmtree(cache, ignore_errors=True)
-    rows = run(args.device, repeats=args.repeats, cli_repeats=args.cli_repeats, cache=cache)
+    rows = run(args.device, repeats=args.repeats, cli_repeats=args.cli_repeats, tta=args.tta, cache=cache)
     print("## Inference time per case\n")
     print(format_table(rows))
     print(f"\nWhole-scan model: exactly one window per case: {'yes' if target_met(rows) else 'NO'}. "

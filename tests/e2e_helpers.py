@@ -12,8 +12,6 @@ from typing import Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-VENV_BIN = Path(sys.executable).parent
-
 
 def ellipsoid(shape: Sequence[int], centre: Sequence[float], radii: Sequence[float]) -> np.ndarray:
     grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
@@ -55,19 +53,10 @@ def write_tiny_dataset(raw_root: Path, dataset_id: int = 701, name: str = "Tiny"
 
 def nnunet_env(root: Path, **extra: str) -> dict[str, str]:
     """Environment for nnU-Net's console scripts: paths in ``root``, our trainers, CPU-sized workers."""
-    from nnunet_shape.cli import trainers_directory
+    from nnunet_shape.demo import nnunet_environment
 
-    env = dict(os.environ)
-    env.update({
-        "nnUNet_raw": str(root / "nnUNet_raw"),
-        "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
-        "nnUNet_results": str(root / "nnUNet_results"),
-        "nnUNet_extTrainer": trainers_directory(),
-        "nnUNet_def_n_proc": "1",
-        "nnUNet_compile": "false",
-        "OMP_NUM_THREADS": "2",
-        "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-    })
+    env = nnunet_environment(root)
+    env["OMP_NUM_THREADS"] = "2"
     env.update(extra)
     return env
 

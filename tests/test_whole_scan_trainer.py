@@ -177,3 +177,30 @@ def test_satisfaction_counts_only_constrained_cases():
     overall = nnUNetTrainerShapeDescriptors._overall_satisfaction(per_class)
     assert overall == pytest.approx((2 / 3 + 2 / 3 + 0.5) / 3)
     assert nnUNetTrainerShapeDescriptors._overall_satisfaction({"volume": np.array([np.nan])}) == 1.0
+
+
+class _SGDDescriptors(nnUNetTrainerShapeDescriptors):
+    optimizer_name = "sgd"
+
+
+class _UnknownOptimizer(nnUNetTrainerShapeDescriptors):
+    optimizer_name = "lbfgs"
+
+
+def test_descriptor_trainers_use_adam_with_poly_decay_and_sgd_on_request(planned, monkeypatch):
+    root, _ = planned
+    trainer = make_trainer(root, nnUNetTrainerShapeDescriptors, monkeypatch)
+    trainer.initialize()
+    assert isinstance(trainer.optimizer, torch.optim.Adam)
+    group = trainer.optimizer.param_groups[0]
+    assert group["lr"] == pytest.approx(3e-3) and group["betas"] == (0.9, 0.99)
+    assert group["weight_decay"] == pytest.approx(trainer.weight_decay)
+    trainer.lr_scheduler.step(trainer.num_epochs // 2)
+    assert 0 < trainer.optimizer.param_groups[0]["lr"] < 3e-3  # nnU-Net's poly decay
+
+    sgd = make_trainer(root, _SGDDescriptors, monkeypatch)
+    sgd.initialize()
+    assert isinstance(sgd.optimizer, torch.optim.SGD) and sgd.optimizer.param_groups[0]["momentum"] == 0.99
+
+    with pytest.raises(ValueError, match="_UnknownOptimizer.optimizer_name"):
+        make_trainer(root, _UnknownOptimizer, monkeypatch).initialize()

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
@@ -60,7 +61,13 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
     barrier_factor: float = 1.0
     barrier_t_max: float | None = None
     use_deep_supervision: bool = False
-    initial_learning_rate: float = 1e-2
+    #: Adam, not nnU-Net's SGD: paper 001 trains every setting with Adam (betas 0.9, 0.99).
+    #: nnU-Net's SGD (momentum 0.99) is tuned for voxel losses; with a descriptor loss it barely
+    #: moved in the demo's 600 iterations (V+C+D mean Dice 4 %, against 29.5 % with Adam at 3e-3
+    #: and the same schedule; docs/method.md, "Optimisation"). The poly decay stays nnU-Net's.
+    optimizer_name: str = "adam"
+    initial_learning_rate: float = 3e-3
+    adam_betas: tuple[float, float] = (0.9, 0.99)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -73,6 +80,15 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
             self.logger.local_logger.my_fantastic_logging[key] = []
         for name in self.descriptors:
             self.logger.local_logger.my_fantastic_logging[f"val_satisfied_{name}"] = []
+
+    def configure_optimizers(self):
+        if self.optimizer_name == "sgd":
+            return super().configure_optimizers()
+        if self.optimizer_name != "adam":
+            raise ValueError(f"{type(self).__name__}.optimizer_name must be 'adam' or 'sgd', not {self.optimizer_name!r}")
+        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, betas=self.adam_betas,
+                                     weight_decay=self.weight_decay)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
     # ----------------------------------------------------------------------------------- loss
     def _build_loss(self):
@@ -296,7 +312,7 @@ LENGTH_VARIANTS: tuple[tuple[str, int, int, int], ...] = (
     ("_50epochs", 50, 250, 50),
     ("_250epochs", 250, 250, 50),
     # `make demo` (nnunet_shape/demo.py): every Table-1 row gets the same CPU-sized schedule
-    ("_demo", 20, 40, 4),
+    ("_demo", 12, 50, 2),
     # smoke tests: one epoch of a handful of iterations and a tiny validation
     ("_debug", 1, 3, 1),
 )

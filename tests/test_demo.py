@@ -1,0 +1,426 @@
+"""``make demo`` (nnunet_shape.demo, nnunet_shape.overlays): the pure parts by hand-computed values,
+then one smoke run of the whole pipeline through nnU-Net's console scripts (tiny phantoms,
+``_debug`` trainers)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_shape import demo
+from nnunet_shape.demo import (SETTINGS, TableRow, chance_dice, descriptor_value_count, format_dice_table,
+                               format_descriptor_error_table, is_console_line,
+                               keep_largest_component_per_label, ordering_verdict, parse_progress,
+                               phantom_spacing, postprocess_folder, table_rows, voxel_annotation_count,
+                               write_table_csv)
+from nnunet_shape.overlays import (CLASS_COLOURS, class_colours, colourise, mid_slice, most_labelled_slice,
+                                   save_overlay_figure)
+
+
+# ------------------------------------------------------------------------------------------------
+# counting annotations
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("descriptors, n_classes, ndim, expected", [
+    (("volume", "centroid"), 4, 3, 16),  # paper 000, Table 1 row 2
+    (("volume", "centroid", "spread"), 4, 3, 28),  # 4 x (1 + 3 + 3)
+    (("volume",), 4, 3, 4),
+    (("covariance",), 1, 3, 6),  # upper triangle of a 3 x 3 matrix
+    (("covariance",), 2, 2, 6),  # 2 x 3
+    (("volume", "surface"), 2, 2, 4),
+    (("centroid", "spread"), 5, 2, 20),
+    ((), 4, 3, 0),
+])
+def test_descriptor_value_count(descriptors, n_classes, ndim, expected):
+    assert descriptor_value_count(descriptors, n_classes, ndim) == expected
+
+
+def test_descriptor_value_count_rejects_unknown_descriptor():
+    with pytest.raises(ValueError, match="elongation"):
+        descriptor_value_count(("volume", "elongation"), 4)
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ((160, 384, 384), 23_592_960),  # paper 000's "24 million of voxels"
+    ((32, 48, 48), 73_728),
+    ((1, 1, 7), 7),
+])
+def test_voxel_annotation_count(shape, expected):
+    assert voxel_annotation_count(shape) == expected
+
+
+@pytest.mark.parametrize("shape", [(40, 64, 64), (32, 48, 48), (16, 32, 32), (7, 11, 13)])
+def test_phantom_spacing_keeps_the_default_field_of_view(shape):
+    from nnunet_shape.phantoms import DEFAULT_FOV_MM, DEFAULT_SHAPE, DEFAULT_SPACING
+
+    spacing = phantom_spacing(shape)
+    assert np.allclose(np.multiply(shape, spacing), DEFAULT_FOV_MM)
+    assert np.allclose(phantom_spacing(DEFAULT_SHAPE), DEFAULT_SPACING)
+
+
+def test_settings_match_the_trainers():
+    """The rows name real trainers, constrain what the trainer classes constrain, and every row
+    gets the same schedule from the _demo and _debug suffixes."""
+    import nnunet_shape.training.shape_trainers as shape_trainers
+
+    assert [s.title for s in SETTINGS] == ["Full supervision", "V+C", "V+C+D"]
+    for setting in SETTINGS:
+        cls = getattr(shape_trainers, setting.trainer)
+        assert getattr(cls, "descriptors", None) == setting.descriptors
+    for suffix in ("_demo", "_debug"):
+        schedules = {demo._trainer_schedule(s.trainer + suffix) for s in SETTINGS}
+        assert len(schedules) == 1, schedules
+
+
+def test_unknown_trainer_suffix_names_the_available_ones():
+    with pytest.raises(demo.StageFailed, match="_demo"):
+        demo._trainer_schedule("nnUNetTrainerShapeDescriptors_nope")
+
+
+# ------------------------------------------------------------------------------------------------
+# tables from evaluate_folder-like summaries
+# ------------------------------------------------------------------------------------------------
+
+def _summary(dice_per_case: dict[int, list[float]], n_ref: dict[int, list[int]], n_voxels: int = 100) -> dict:
+    """A summary in evaluate_folder's layout with the given Dice per case and reference sizes."""
+    labels = list(dice_per_case)
+    n_cases = len(next(iter(dice_per_case.values())))
+    cases = []
+    for i in range(n_cases):
+        metrics = {}
+        for label in labels:
+            tp = n_ref[label][i]  # only counts matter for chance: n_ref = TP + FN, total = n_voxels
+            metrics[label] = {"Dice": dice_per_case[label][i], "TP": tp, "FN": 0, "FP": 0,
+                              "TN": n_voxels - tp, "n_ref": n_ref[label][i],
+                              "RelativeVolumeError": 0.1 * (i + 1), "CentroidDistance_mm": float(label)}
+        cases.append({"metrics": metrics})
+    mean = {l: {"Dice": float(np.mean(dice_per_case[l])), "RelativeVolumeError": 0.15,
+                "CentroidDistance_mm": float(l)} for l in labels}
+    std = {l: {"Dice": float(np.std(dice_per_case[l])), "RelativeVolumeError": 0.05,
+               "CentroidDistance_mm": 0.0} for l in labels}
+    return {"metric_per_case": cases, "mean": mean, "std": std,
+            "foreground_mean": {"Dice": float(np.mean([mean[l]["Dice"] for l in labels]))},
+            "class_names": {1: "femur", 2: "femoral_cartilage", 3: "tibia", 4: "tibial_cartilage"}}
+
+
+def test_chance_dice_is_the_class_volume_fraction():
+    summary = _summary({1: [0.9, 0.8], 2: [0.5, 0.7]}, {1: [25, 15], 2: [2, 4]}, n_voxels=100)
+    chance = chance_dice(summary)
+    assert chance == pytest.approx({"femur": 0.20, "femoral_cartilage": 0.03})
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.3])
+def test_chance_dice_matches_random_labelling(fraction):
+    """The formula Dice = f for random voxels drawn at the true frequency f, by simulation."""
+    rng = np.random.default_rng(0)
+    reference = rng.random(200_000) < fraction
+    prediction = rng.random(200_000) < fraction
+    dice = 2 * np.sum(reference & prediction) / (reference.sum() + prediction.sum())
+    assert dice == pytest.approx(fraction, rel=0.05)
+
+
+def _three_summaries() -> dict:
+    return {
+        ("full_supervision", "largest_component"): _summary(
+            {1: [0.983, 0.983], 2: [0.88, 0.88], 3: [0.984, 0.984], 4: [0.846, 0.846]}, {l: [1, 1] for l in (1, 2, 3, 4)}),
+        ("vc", "largest_component"): _summary(
+            {1: [0.5, 0.7], 2: [0.4, 0.4], 3: [0.7, 0.7], 4: [0.3, 0.3]}, {l: [1, 1] for l in (1, 2, 3, 4)}),
+        ("vcd", "largest_component"): _summary(
+            {1: [0.8, 0.9], 2: [0.5, 0.5], 3: [0.8, 0.8], 4: [0.5, 0.5]}, {l: [1, 1] for l in (1, 2, 3, 4)}),
+    }
+
+
+def test_table_rows_and_markdown_table():
+    rows = table_rows(_three_summaries(), SETTINGS, "_demo", (32, 48, 48), n_classes=4)
+    assert [(r.setting, r.postprocessing) for r in rows] == [
+        ("Full supervision", "largest_component"), ("V+C", "largest_component"), ("V+C+D", "largest_component")]
+    assert [r.trainer for r in rows] == ["nnUNetTrainerShapeFullSupervision_demo",
+                                         "nnUNetTrainerShapeDescriptorsVC_demo", "nnUNetTrainerShapeDescriptors_demo"]
+    assert [(r.annotations, r.annotation_unit) for r in rows] == [
+        (73_728, "voxels"), (16, "descriptor values"), (28, "descriptor values")]
+    assert rows[1].dice_mean["femur"] == pytest.approx(0.6)
+    assert rows[1].dice_std["femur"] == pytest.approx(0.1)
+    assert rows[0].avg_dice == pytest.approx((0.983 + 0.88 + 0.984 + 0.846) / 4)
+
+    table = format_dice_table(rows, "largest_component", chance={"femur": 0.1, "femoral_cartilage": 0.02,
+                                                                  "tibia": 0.1, "tibial_cartilage": 0.0})
+    lines = table.strip().splitlines()
+    assert lines[0] == ("| Setting | Avg | femur | femoral_cartilage | tibia | tibial_cartilage "
+                        "| # annotations per case |")
+    assert lines[2] == "| Full supervision | 92.3 | 98.3 ± 0.0 | 88.0 ± 0.0 | 98.4 ± 0.0 | 84.6 ± 0.0 | 73,728 voxels |"
+    assert lines[3] == "| V+C | 50.0 | 60.0 ± 10.0 | 40.0 ± 0.0 | 70.0 ± 0.0 | 30.0 ± 0.0 | 16 descriptor values |"
+    assert lines[5].startswith("| Chance (random voxels at the true class frequencies) | 5.5 | 10.0 | 2.0 | 10.0 | 0.0 |")
+    with pytest.raises(ValueError, match="raw"):
+        format_dice_table(rows, "raw")
+
+
+def test_descriptor_error_table_in_percent_and_mm():
+    summaries = {slug: s for (slug, _), s in _three_summaries().items()}
+    table = format_descriptor_error_table(summaries, SETTINGS)
+    assert "| V+C+D | tibia | 15.0 ± 5.0 | 3.00 ± 0.00 |" in table
+    assert len(table.strip().splitlines()) == 2 + 3 * 4
+
+
+@pytest.mark.parametrize("full, vcd, vc, chance, ordering, above", [
+    (0.92, 0.67, 0.55, 0.05, True, True),  # paper 000's numbers
+    (0.92, 0.55, 0.67, 0.05, False, True),  # V+C beats V+C+D
+    (0.60, 0.67, 0.55, 0.05, False, True),  # descriptors beat full supervision
+    (0.92, 0.20, 0.10, 0.05, True, False),  # 0.10 is not 10 points above 0.05
+    (0.92, 0.67, 0.67, 0.05, False, True),  # ties do not order
+])
+def test_ordering_verdict(full, vcd, vc, chance, ordering, above):
+    holds, clearly_above, text = ordering_verdict({"full_supervision": full, "vcd": vcd, "vc": vc}, chance)
+    assert (holds, clearly_above) == (ordering, above)
+    assert f"{100 * full:.1f} / {100 * vcd:.1f} / {100 * vc:.1f}" in text
+    # each descriptor row is judged against chance on its own
+    for title, dice in (("V+C+D", vcd), ("V+C", vc)):
+        verdict = "clearly above" if dice > chance + 0.10 else "NOT clearly above"
+        assert f"{title} {verdict} ({100 * dice:.1f} %)" in text
+
+
+def test_table_csv_round_trip(tmp_path):
+    rows = [TableRow("V+C", "T_demo", "raw", 0.5, {"femur": 0.6, "tibia": 0.4}, {"femur": 0.1, "tibia": 0.0},
+                     16, "descriptor values")]
+    path = write_table_csv(rows, tmp_path / "table.csv")
+    with open(path) as handle:
+        (line,) = list(csv.DictReader(handle))
+    assert line["setting"] == "V+C" and line["postprocessing"] == "raw"
+    assert float(line["dice_femur_mean"]) == 0.6 and float(line["dice_femur_std"]) == 0.1
+    assert float(line["avg_dice"]) == 0.5 and line["annotations_per_case"] == "16"
+
+
+# ------------------------------------------------------------------------------------------------
+# postprocessing
+# ------------------------------------------------------------------------------------------------
+
+def _two_component_case() -> tuple[np.ndarray, np.ndarray]:
+    segmentation = np.zeros((4, 6, 6), dtype=np.uint8)
+    segmentation[0, 0:2, 0:2] = 1  # label 1: 4 voxels ...
+    segmentation[3, 5, 5] = 1  # ... and a stray voxel
+    segmentation[2, 2, 2] = 2  # label 2: two voxels touching only at a corner (26-connected)
+    segmentation[3, 3, 3] = 2
+    segmentation[1, 4, 0] = 3  # label 3: two single voxels, a tie: both kept
+    segmentation[3, 0, 4] = 3
+    expected = segmentation.copy()
+    expected[3, 5, 5] = 0
+    return segmentation, expected
+
+
+def test_keep_largest_component_per_label():
+    segmentation, expected = _two_component_case()
+    before = segmentation.copy()
+    result = keep_largest_component_per_label(segmentation, [1, 2, 3, 4])
+    np.testing.assert_array_equal(result, expected)
+    np.testing.assert_array_equal(segmentation, before)  # input untouched
+
+
+def test_postprocess_folder_keeps_geometry(tmp_path):
+    segmentation, expected = _two_component_case()
+    image = sitk.GetImageFromArray(segmentation)
+    image.SetSpacing((0.5, 0.7, 1.4))
+    image.SetOrigin((1.0, -2.0, 3.0))
+    (tmp_path / "in").mkdir()
+    sitk.WriteImage(image, str(tmp_path / "in" / "case_000.nii.gz"))
+    seen = []
+    written = postprocess_folder(tmp_path / "in", tmp_path / "out", [1, 2, 3], on_case=seen.append)
+    assert [p.name for p in written] == ["case_000.nii.gz"] and seen == ["case_000.nii.gz"]
+    result = sitk.ReadImage(str(written[0]))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(result), expected)
+    assert result.GetSpacing() == pytest.approx((0.5, 0.7, 1.4))
+    assert result.GetOrigin() == pytest.approx((1.0, -2.0, 3.0))
+    with pytest.raises(FileNotFoundError, match="no"):
+        postprocess_folder(tmp_path / "out", tmp_path / "x", [1], file_ending=".mha")
+
+
+# ------------------------------------------------------------------------------------------------
+# console output of nnU-Net's scripts
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line, event", [
+    ("2026-11-22 08:38:26.090837: Epoch 12 ", ("epoch_start", 12)),
+    ("2026-11-22 08:38:49.458001: Epoch time: 23.37 s", ("epoch_end", None)),
+    ("done with knee_020", ("predicted", "knee_020")),
+    ("2026-11-22 08:38:54.986635: predicting knee_000", ("validating", "knee_000")),
+    ("Preprocessing cases:  50%|█████     | 10/20 [00:10<00:02,  3.75it/s]", ("tqdm", ("Preprocessing cases", 10, 20))),
+    ("Extracting dataset fingerprint: 100%|██████████| 20/20 [01:09<00:00,  5.10it/s]",
+     ("tqdm", ("Extracting dataset fingerprint", 20, 20))),
+    ("2026-11-22 08:38:49.452033: train_loss 266.9927", None),
+    ("Epoch time is not at the start", None),
+])
+def test_parse_progress(line, event):
+    assert parse_progress(line) == event
+
+
+@pytest.mark.parametrize("line, shown", [
+    ("2026-11-22 08:38:49.458001: Epoch time: 23.37 s", True),
+    ("2026-11-22 08:38:49.457745: Pseudo dice (information only) [0.1, 0.0]", True),
+    ("2026-11-22 08:38:49.457515: descriptor satisfaction (train/val/val EMA): 0.014 / 0.000 / 0.000", True),
+    ("Predicting knee_005:", True),
+    ("Please cite the following paper when using nnU-Net:", False),
+    ("#######################################################################", False),
+    ("2026-11-22 08:38:26.067074: No module named 'hiddenlayer'", False),
+    ("2026-11-22 08:38:26.080045: ", False),
+    ("  warnings.warn(", False),
+    ("", False),
+    ("x" * 300, False),
+    ("Preprocessing cases:  50%|█████     | 10/20 [00:10<00:02,  3.75it/s]", False),
+])
+def test_is_console_line(line, shown):
+    assert is_console_line(line) is shown
+
+
+# ------------------------------------------------------------------------------------------------
+# overlays
+# ------------------------------------------------------------------------------------------------
+
+def test_class_colours_are_fixed_per_label():
+    assert class_colours([1, 4]) == {1: CLASS_COLOURS[0], 4: CLASS_COLOURS[3]}
+    assert class_colours([4]) == {4: CLASS_COLOURS[3]}  # independent of the other labels present
+    assert class_colours([9]) == {9: CLASS_COLOURS[0]}  # cycles
+    with pytest.raises(ValueError, match="0"):
+        class_colours([0, 1])
+
+
+def test_colourise():
+    labels = np.array([[0, 1], [2, 5]])
+    rgba = colourise(labels, {1: (1.0, 0.0, 0.0), 2: (0.0, 0.0, 1.0)}, alpha=0.5)
+    assert rgba.shape == (2, 2, 4)
+    np.testing.assert_allclose(rgba[0, 1], [1, 0, 0, 0.5])
+    np.testing.assert_allclose(rgba[1, 0], [0, 0, 1, 0.5])
+    assert rgba[0, 0, 3] == 0 and rgba[1, 1, 3] == 0  # background and uncoloured labels
+
+
+def test_slice_choice():
+    labels = np.zeros((5, 3, 3), dtype=np.uint8)
+    assert mid_slice(labels.shape) == 2
+    assert most_labelled_slice(labels, [2, 4]) == 2  # nothing there: the middle
+    labels[1, :, :2] = 2
+    labels[3, 0, 0] = 4
+    labels[4] = 1  # not a requested class
+    assert most_labelled_slice(labels, [2, 4]) == 1
+    assert most_labelled_slice(labels, [1]) == 4
+    assert most_labelled_slice(labels, [2], axis=2) == 0
+
+
+def test_save_overlay_figure(tmp_path):
+    import matplotlib.image
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(6, 8, 10)).astype(np.float32)
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    labels[2:4, 2:6, 3:7] = 1
+    path = save_overlay_figure(image, {"ground truth": labels, "model": labels[::-1].copy()},
+                               {1: "femur"}, tmp_path / "sub" / "case.png", [3, 1], spacing=(1.4, 0.7, 0.7),
+                               title="case", dpi=50)
+    picture = matplotlib.image.imread(str(path))
+    # 3 columns x 2.6 in, 2 rows x 2.6 in + 0.9 in legend, at 50 dpi
+    assert picture.shape[:2] == (round((2 * 2.6 + 0.9) * 50), round(3 * 2.6 * 50))
+    with pytest.raises(ValueError, match="model"):
+        save_overlay_figure(image, {"model": labels[:, :, :5]}, {1: "femur"}, tmp_path / "x.png", [0])
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+# ------------------------------------------------------------------------------------------------
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--output", "--n-train", "--n-test", "--shape", "--seed", "--trainer-suffix", "--device",
+                   "--skip-training", "--fold", "--tta"):
+        assert option in text
+
+
+def test_fold_0_needs_five_training_cases(tmp_path, capsys):
+    assert demo.main(["--output", str(tmp_path / "o"), "--n-train", "3"]) == 2
+    assert "--n-train >= 5" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_refuses_a_foreign_output_folder(tmp_path):
+    (tmp_path / "precious.txt").write_text("not the demo's")
+    with pytest.raises(demo.StageFailed, match="not empty"):
+        demo.run_demo(demo.DemoOptions(output=tmp_path))
+    assert (tmp_path / "precious.txt").read_text() == "not the demo's"
+
+
+def test_skip_training_without_a_previous_run_names_what_is_missing(tmp_path):
+    with pytest.raises(demo.StageFailed, match="checkpoint_final.pth"):
+        demo.run_demo(demo.DemoOptions(output=tmp_path / "o", skip_training=True))
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole pipeline, tiny
+# ------------------------------------------------------------------------------------------------
+
+def _component_sizes(mask: np.ndarray) -> set[int]:
+    import cc3d
+
+    components = cc3d.connected_components(mask.astype(np.uint8), connectivity=26)
+    return {int(n) for n in np.bincount(components.ravel())[1:]}
+
+
+def test_demo_smoke_run(tmp_path):
+    """Phantoms -> plan -> train (3 x _debug) -> predict -> postprocess -> evaluate -> report."""
+    output = tmp_path / "demo_output"
+    shape = (16, 32, 32)
+    completed = subprocess.run(
+        [sys.executable, "-m", "nnunet_shape.demo", "--output", str(output), "--n-train", "5", "--n-test", "2",
+         "--shape", *map(str, shape), "--trainer-suffix", "_debug", "--no-progress"],
+        capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    # progress: every stage announced and finished, nnU-Net's epoch lines streamed through
+    for k in range(1, 12):
+        assert re.search(rf"^\[{k}/11\] .*: \d+ s \(total \d+ s\)$", completed.stdout, re.M), k
+    assert "Epoch time:" in completed.stdout and "Please cite" not in completed.stdout
+
+    with open(output / "table.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["setting"], r["postprocessing"]) for r in rows] == [
+        (s.title, v) for s in SETTINGS for v in ("raw", "largest_component")]
+    assert {r["annotations_per_case"] for r in rows} == {str(math.prod(shape)), "16", "28"}
+    for row in rows:
+        slug = next(s.slug for s in SETTINGS if s.title == row["setting"])
+        summary = json.loads((output / "evaluation" / slug / row["postprocessing"] / "summary_shape.json").read_text())
+        assert float(row["avg_dice"]) == pytest.approx(summary["foreground_mean"]["Dice"], abs=1e-6)
+        assert 0.0 <= float(row["dice_femur_mean"]) <= 1.0
+        assert row["trainer"].endswith("_debug")
+    with open(output / "descriptor_errors.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 3 * 2 * 4
+
+    # postprocessed predictions: at most one component per label, a subset of the raw prediction
+    for setting in SETTINGS:
+        raw_files = sorted((output / "predictions" / setting.slug / "raw").glob("*.nii.gz"))
+        assert len(raw_files) == 2
+        for raw_file in raw_files:
+            raw = sitk.GetArrayFromImage(sitk.ReadImage(str(raw_file)))
+            kept = sitk.GetArrayFromImage(sitk.ReadImage(str(raw_file.parent.parent / "largest_component" / raw_file.name)))
+            assert raw.shape == shape
+            assert np.all((kept == raw) | (kept == 0))
+            for label in (1, 2, 3, 4):
+                raw_sizes, kept_sizes = _component_sizes(raw == label), _component_sizes(kept == label)
+                # only the largest component survives (all of them on a tie: nnU-Net's rule)
+                assert kept_sizes == ({max(raw_sizes)} if raw_sizes else set()), (raw_sizes, kept_sizes)
+
+    report = (output / "report.md").read_text()
+    assert "Table 1" in report and "## Timings" in report and "ordering full supervision" in report
+    for setting in SETTINGS:
+        assert f"| {setting.title} |" in report
+    links = re.findall(r"\]\(([^)]+)\)", report)
+    assert any(l.startswith("overlays/") for l in links) and any(l.startswith("curves/") for l in links)
+    for link in links:
+        assert (output / link).is_file(), link
+    assert sorted(p.name for p in (output / "overlays").glob("*.png")) == ["knee_005.png", "knee_006.png"]
+    curves = {p.name for p in (output / "curves").glob("*.png")}
+    assert {"full_supervision_progress.png", "vc_progress_descriptors.png", "vcd_progress_descriptors.png"} <= curves
