@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" tests
 
-# Longer end-to-end runs (the 2D configuration, resume, demo smoke run).
+# Slower runs (evaluation with two worker processes, the descriptor optimisation over several seeds).
 test-slow: $(STAMP)
 	$(PY) -m pytest -m "slow" tests
 

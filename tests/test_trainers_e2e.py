@@ -52,10 +52,10 @@ def assert_same_geometry(predictions: Path, images: Path) -> None:
         assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
 
 
-@pytest.mark.parametrize("configuration", ["3d_fullres"])
-def test_descriptor_trainer_end_to_end(planned, configuration):
+def test_descriptor_trainer_end_to_end(planned):
     root, env = planned
     trainer = "nnUNetTrainerShapeDescriptors_debug"
+    configuration = "3d_fullres"
     predictions, stdout = train_and_predict(root, env, configuration, trainer)
     results = results_folder(root, trainer, configuration)
     plans = json.loads((results / "plans.json").read_text())
@@ -72,7 +72,6 @@ def test_descriptor_trainer_end_to_end(planned, configuration):
     assert_same_geometry(predictions, root / "nnUNet_raw" / DATASET / "imagesTs")
 
 
-@pytest.mark.slow
 def test_descriptor_trainer_end_to_end_2d(planned):
     root, env = planned
     trainer = "nnUNetTrainerShapeDescriptors_debug"
@@ -83,3 +82,22 @@ def test_descriptor_trainer_end_to_end_2d(planned):
     for shape in preprocessed_shapes(root, config["data_identifier"]):
         assert all(p >= s for p, s in zip(config["patch_size"], shape[1:]))
     assert_same_geometry(predictions, root / "nnUNet_raw" / DATASET / "imagesTs")
+
+
+def test_resume_with_c_restores_the_barrier_t(planned):
+    """``nnUNetv2_train … --c`` goes through our ``load_checkpoint``: paper 001's growing t
+    continues from the checkpoint (1.0 in epoch 0, so 1.1 at epoch 1), not from t0 again."""
+    root, env = planned
+    trainer = "nnUNetTrainerShapeDescriptorsGrowingT_debug"
+    command = ["nnUNetv2_train", "701", "3d_fullres", "0", "-tr", trainer, "-device", "cpu"]
+    run_cli(command, train_env(env), log=root / f"train_{trainer}.log")
+    fold = results_folder(root, trainer, "3d_fullres") / "fold_0"
+    first_logs = set(fold.glob("training_log_*.txt"))
+    assert any("barrier t: 1 " in log.read_text() for log in first_logs)  # print_to_log_file ends args with " "
+    # as after an interruption: only the best checkpoint (end of epoch 0) is left
+    (fold / "checkpoint_final.pth").unlink()
+    resumed = run_cli(command + ["--c"], train_env(env), log=root / f"train_{trainer}_c.log")
+    assert "resumed at epoch 1: barrier t = 1.1," in resumed.stdout
+    resumed_logs = set(fold.glob("training_log_*.txt")) - first_logs
+    assert any("resumed at epoch 1: barrier t = 1.1," in log.read_text() for log in resumed_logs)
+    assert (fold / "checkpoint_final.pth").is_file()

@@ -278,6 +278,9 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
             self.barrier_schedule.step()
         ema = self.logger.get_value(EMA_SATISFACTION_KEY, step=None)
         self._best_satisfaction = max(ema) if len(ema) > 0 else None
+        # users resuming with `nnUNetv2_train ... --c` see which t the barrier continues with
+        self.print_to_log_file(f"resumed at epoch {self.current_epoch}: barrier t = {self.barrier_schedule.t:.4g}, "
+                               f"best EMA descriptor satisfaction = {self._best_satisfaction}")
 
 
 class nnUNetTrainerShapeDescriptorsVC(nnUNetTrainerShapeDescriptors):
