@@ -31,7 +31,9 @@ Run: ``.venv/bin/python benchmarks/activation_memory.py`` (about a minute on 2 c
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -39,7 +41,11 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
-from nnunet_shape.network import STDEXPNet, saved_activation_bytes
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import plain_conv_unet_kwargs  # noqa: E402
+
+from nnunet_shape.network import STDEXPNet, saved_activation_bytes  # noqa: E402
 
 KNEE_PATCH = (160, 384, 384)
 NUM_CLASSES = 5
@@ -48,24 +54,7 @@ GIB = 1024**3
 
 def plain_kwargs(strides: Sequence[Sequence[int]], kernel_sizes: Sequence[Sequence[int]]) -> dict[str, Any]:
     """nnU-Net 2.8 default 3d PlainConvUNet kwargs (ops as classes) for the given topology."""
-    n_stages = len(strides)
-    return dict(
-        n_stages=n_stages,
-        features_per_stage=[min(32 * 2**i, 320) for i in range(n_stages)],
-        conv_op=nn.Conv3d,
-        kernel_sizes=[list(k) for k in kernel_sizes],
-        strides=[list(s) for s in strides],
-        n_conv_per_stage=[2] * n_stages,
-        n_conv_per_stage_decoder=[2] * (n_stages - 1),
-        conv_bias=True,
-        norm_op=nn.InstanceNorm3d,
-        norm_op_kwargs={"eps": 1e-5, "affine": True},
-        dropout_op=None,
-        dropout_op_kwargs=None,
-        nonlin=nn.LeakyReLU,
-        nonlin_kwargs={"inplace": True},
-        deep_supervision=True,
-    )
+    return {**plain_conv_unet_kwargs(strides, kernel_sizes), "deep_supervision": True}
 
 
 TOPOLOGIES: dict[str, dict[str, Any]] = {

@@ -86,6 +86,34 @@ class Timing:
         return Timing(self.cpu_samples, self.warmup)
 
 
+def plain_conv_unet_kwargs(strides: Sequence[Sequence[int]], kernel_sizes: Sequence[Sequence[int]] | None = None,
+                           features: Sequence[int] | None = None) -> dict[str, Any]:
+    """3D ``arch_kwargs`` of nnU-Net 2.8's default PlainConvUNet (ops as classes) for a topology.
+
+    ``features`` default to nnU-Net's ``min(32 * 2**stage, 320)``, kernels to 3 everywhere. Both
+    the STD/EXP network and PlainConvUNet are built from these, as the trainers build them from plans.
+    """
+    from torch import nn
+
+    n_stages = len(strides)
+    return dict(
+        n_stages=n_stages,
+        features_per_stage=list(features) if features is not None else [min(32 * 2**i, 320) for i in range(n_stages)],
+        conv_op=nn.Conv3d,
+        kernel_sizes=[list(k) for k in kernel_sizes] if kernel_sizes is not None else [[3, 3, 3]] * n_stages,
+        strides=[list(s) for s in strides],
+        n_conv_per_stage=[2] * n_stages,
+        n_conv_per_stage_decoder=[2] * (n_stages - 1),
+        conv_bias=True,
+        norm_op=nn.InstanceNorm3d,
+        norm_op_kwargs={"eps": 1e-5, "affine": True},
+        dropout_op=None,
+        dropout_op_kwargs=None,
+        nonlin=nn.LeakyReLU,
+        nonlin_kwargs={"inplace": True},
+    )
+
+
 def synchronizer(device: torch.device | str) -> Callable[[], None]:
     """A no-argument function that waits for queued work on ``device`` (no-op on CPU)."""
     device = torch.device(device)

@@ -52,7 +52,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import format_ratio, format_seconds, markdown_table, paired_ratio, time_interleaved  # noqa: E402
+from common import (format_ratio, format_seconds, markdown_table, paired_ratio,  # noqa: E402
+                    plain_conv_unet_kwargs, time_interleaved)
 
 from nnunet_shape.losses import ShapeDescriptorLoss  # noqa: E402
 from nnunet_shape.network.std_exp import STDEXPNet  # noqa: E402
@@ -69,23 +70,7 @@ VARIANTS = ("DC+CE", "DC+CE + DS", "descriptors")
 
 def network_kwargs(features: Sequence[int] = FEATURES) -> dict[str, Any]:
     """PlainConvUNet-style 3d_fullres ``arch_kwargs`` (ops as classes), as nnU-Net 2.8 plans them."""
-    n_stages = len(features)
-    return dict(
-        n_stages=n_stages,
-        features_per_stage=list(features),
-        conv_op=nn.Conv3d,
-        kernel_sizes=[[3, 3, 3]] * n_stages,
-        strides=[[1, 1, 1]] + [[2, 2, 2]] * (n_stages - 1),
-        n_conv_per_stage=[2] * n_stages,
-        n_conv_per_stage_decoder=[2] * (n_stages - 1),
-        conv_bias=True,
-        norm_op=nn.InstanceNorm3d,
-        norm_op_kwargs={"eps": 1e-5, "affine": True},
-        dropout_op=None,
-        dropout_op_kwargs=None,
-        nonlin=nn.LeakyReLU,
-        nonlin_kwargs={"inplace": True},
-    )
+    return plain_conv_unet_kwargs([[1, 1, 1]] + [[2, 2, 2]] * (len(features) - 1), features=features)
 
 
 def build_network(deep_supervision: bool, device: torch.device, seed: int = 0) -> STDEXPNet:
