@@ -683,8 +683,8 @@ def _dataset_folder_name(dataset_id: int) -> str:
     return f"Dataset{dataset_id:03d}_{DATASET_NAME}"
 
 
-def _trainer_schedule(trainer: str) -> tuple[int, int, int]:
-    """(epochs, iterations per epoch, validation iterations) of a nnunet-shape trainer class."""
+def _trainer_class(trainer: str) -> type:
+    """A nnunet-shape trainer class by name (with its length suffix)."""
     import nnunet_shape.training.shape_trainers as shape_trainers
 
     cls = getattr(shape_trainers, trainer, None)
@@ -692,7 +692,22 @@ def _trainer_schedule(trainer: str) -> tuple[int, int, int]:
         suffixes = sorted({v[0] for v in shape_trainers.LENGTH_VARIANTS})
         raise StageFailed(f"demo.py: no trainer {trainer} in nnunet_shape/training/shape_trainers.py "
                           f"(length suffixes there: {suffixes})")
+    return cls
+
+
+def _trainer_schedule(trainer: str) -> tuple[int, int, int]:
+    """(epochs, iterations per epoch, validation iterations) of a nnunet-shape trainer class."""
+    cls = _trainer_class(trainer)
     return int(cls.training_epochs), int(cls.iterations_per_epoch), int(cls.val_iterations_per_epoch)
+
+
+def optimizer_description(trainer: str) -> str:
+    """How a trainer optimises, for the report: the descriptor trainers use Adam, the
+    full-supervision reference keeps nnU-Net's SGD (both with nnU-Net's poly decay)."""
+    cls = _trainer_class(trainer)
+    if getattr(cls, "optimizer_name", "sgd") == "adam":
+        return f"Adam (lr {cls.initial_learning_rate:g}, betas {tuple(cls.adam_betas)}, poly decay)"
+    return "nnU-Net's SGD (lr 0.01, momentum 0.99, Nesterov, poly decay)"
 
 
 def _prepare_output(output: Path, skip_training: bool) -> None:
@@ -978,7 +993,8 @@ def _write_report(output: Path, options: DemoOptions, rows: Sequence[TableRow],
         f"`{configuration['architecture']['network_class_name']}`.",
         f"* Every setting: trainer suffix `{options.trainer_suffix}` = {epochs} epochs × {iterations} "
         f"iterations ({epochs * iterations} training iterations, {val_iterations} validation iterations "
-        f"per epoch), nnU-Net's SGD (poly learning rate), `nnUNet_n_proc_DA={options.n_proc_da}`.",
+        f"per epoch), `nnUNet_n_proc_DA={options.n_proc_da}`.",
+        "* Optimiser: " + "; ".join(f"{s.title}: {optimizer_description(trainers[s.slug])}" for s in SETTINGS) + ".",
         f"* Trainers: " + ", ".join(f"`{trainers[s.slug]}` ({s.title})" for s in SETTINGS) + ".",
         f"* Prediction: `nnUNetv2_predict` with checkpoint_final.pth, "
         f"{'mirroring test-time augmentation' if options.tta else 'no test-time augmentation (`--disable_tta`)'}.",

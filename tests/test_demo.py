@@ -81,6 +81,14 @@ def test_settings_match_the_trainers():
         assert len(schedules) == 1, schedules
 
 
+def test_optimizer_description_follows_the_trainer_classes():
+    """The report names the optimiser each row really uses (descriptor rows: Adam; the
+    full-supervision reference: nnU-Net's SGD), read from the classes, not written once."""
+    assert demo.optimizer_description("nnUNetTrainerShapeDescriptors_demo") == \
+        "Adam (lr 0.003, betas (0.9, 0.99), poly decay)"
+    assert demo.optimizer_description("nnUNetTrainerShapeFullSupervision_demo").startswith("nnU-Net's SGD")
+
+
 def test_unknown_trainer_suffix_names_the_available_ones():
     with pytest.raises(demo.StageFailed, match="_demo"):
         demo._trainer_schedule("nnUNetTrainerShapeDescriptors_nope")

@@ -19,24 +19,35 @@ def plot_descriptor_progress(logged: Mapping[str, list], descriptors: Sequence[s
     """
     epochs = min(len(logged["train_descriptor_satisfaction"]), len(logged["val_descriptor_satisfaction"]),
                  len(logged["barrier_t"]))
+    # nnU-Net's logger calls seaborn's set(font_scale=2.5) globally before this runs: start from
+    # matplotlib's defaults so that labels and legends stay readable and inside the figure
+    defaults = {k: v for k, v in matplotlib.rcParamsDefault.items() if k != "backend"}
+    with matplotlib.rc_context(defaults):
+        return _plot(logged, descriptors, class_names, epochs, os.path.join(output_folder, filename))
+
+
+def _plot(logged: Mapping[str, list], descriptors: Sequence[str], class_names: Sequence[str], epochs: int,
+          path: str) -> str:
     x = list(range(epochs))
-    fig, axes = plt.subplots(2 + len(descriptors), 1, figsize=(10, 3.2 * (2 + len(descriptors))), squeeze=False)
+    outside = dict(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small")
+    fig, axes = plt.subplots(2 + len(descriptors), 1, figsize=(10, 2.4 * (2 + len(descriptors))), squeeze=False,
+                             sharex=True)
     ax = axes[0, 0]
-    ax.plot(x, logged["train_losses"][:epochs], label="descriptor loss (train)")
-    ax.plot(x, logged["val_losses"][:epochs], label="descriptor loss (val)")
+    lines = ax.plot(x, logged["train_losses"][:epochs], label="descriptor loss (train)")
+    lines += ax.plot(x, logged["val_losses"][:epochs], label="descriptor loss (val)")
     ax.set_ylabel("loss")
     ax2 = ax.twinx()
-    ax2.plot(x, logged["barrier_t"][:epochs], color="k", ls="--", label="barrier t")
+    lines += ax2.plot(x, logged["barrier_t"][:epochs], color="k", ls="--", label="barrier t")
     ax2.set_ylabel("t")
-    ax.legend(loc="upper left")
-    ax2.legend(loc="upper right")
+    # one legend for both y axes, right of the plot, clear of the twin axis' labels
+    ax.legend(lines, [line.get_label() for line in lines], **{**outside, "bbox_to_anchor": (1.08, 1.0)})
     ax = axes[1, 0]
     ax.plot(x, logged["train_descriptor_satisfaction"][:epochs], label="train")
     ax.plot(x, logged["val_descriptor_satisfaction"][:epochs], label="val")
-    ax.plot(x, logged["ema_val_descriptor_satisfaction"][:epochs], label="val (EMA, selects checkpoint_best)")
-    ax.set_ylabel("fraction satisfied")
+    ax.plot(x, logged["ema_val_descriptor_satisfaction"][:epochs], label="val EMA\n(selects checkpoint_best)")
+    ax.set_ylabel("all descriptors\nfraction satisfied")
     ax.set_ylim(-0.05, 1.05)
-    ax.legend(loc="lower right")
+    ax.legend(**outside)
     for row, name in enumerate(descriptors, start=2):
         ax = axes[row, 0]
         per_epoch = logged[f"val_satisfied_{name}"][:epochs]
@@ -44,10 +55,11 @@ def plot_descriptor_progress(logged: Mapping[str, list], descriptors: Sequence[s
             ax.plot(x, [values[c] for values in per_epoch], label=class_name)
         ax.set_ylabel(f"{name}\nsatisfied (val)")
         ax.set_ylim(-0.05, 1.05)
-        ax.legend(loc="lower right", fontsize="small")
+        ax.legend(**outside)
+    for ax in axes[:, 0]:
+        ax.grid(True, alpha=0.3)
     axes[-1, 0].set_xlabel("epoch")
     fig.tight_layout()
-    path = os.path.join(output_folder, filename)
-    fig.savefig(path)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
