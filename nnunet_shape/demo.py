@@ -659,6 +659,7 @@ class DemoOptions:
     n_proc_da: int = 0
     num_processes: int = 2
     progress: bool = True
+    mirror_si: bool = False
 
 
 @dataclass
@@ -708,6 +709,37 @@ def optimizer_description(trainer: str) -> str:
     if getattr(cls, "optimizer_name", "sgd") == "adam":
         return f"Adam (lr {cls.initial_learning_rate:g}, betas {tuple(cls.adam_betas)}, poly decay)"
     return "nnU-Net's SGD (lr 0.01, momentum 0.99, Nesterov, poly decay)"
+
+
+def anatomical_mirror_axes(transpose_forward: Sequence[int], fixed_raw_axis: int | None = None) -> tuple[int, ...]:
+    """Preprocessed (patch) axes that training may mirror: every axis but the one that nnU-Net's
+    ``transpose_forward`` makes of the phantoms' superior-inferior raw axis.
+
+    Mirroring along it would put the tibia above the femur: same intensities, similar volume and
+    spread, so a descriptor-only model can only tell them apart by position (docs/method.md,
+    "Mirroring"). Medial-lateral mirroring (a left knee from a right one) stays.
+    """
+    from nnunet_shape.phantoms import SUPERIOR_INFERIOR_AXIS
+
+    fixed = SUPERIOR_INFERIOR_AXIS if fixed_raw_axis is None else fixed_raw_axis
+    return tuple(i for i, raw_axis in enumerate(transpose_forward) if int(raw_axis) != fixed)
+
+
+def trained_mirror_axes(fold_folder: Path) -> tuple[int, ...] | None:
+    """The mirror axes a trained model used (stored by nnU-Net in the checkpoint; None: none)."""
+    import torch
+
+    checkpoint = torch.load(fold_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    axes = checkpoint.get("inference_allowed_mirroring_axes")
+    return None if axes is None else tuple(int(a) for a in axes)
+
+
+def _mirror_axes_text(mirror_axes: Mapping[str, tuple[int, ...] | None], plans: Mapping[str, Any]) -> str:
+    from nnunet_shape.phantoms import SUPERIOR_INFERIOR_AXIS
+
+    si_axis = [i for i, raw_axis in enumerate(plans["transpose_forward"]) if int(raw_axis) == SUPERIOR_INFERIOR_AXIS]
+    per_setting = "; ".join(f"{s.title}: {mirror_axes[s.slug] if mirror_axes[s.slug] else 'none'}" for s in SETTINGS)
+    return f"{per_setting} (patch axes, read from the checkpoints; superior-inferior is patch axis {si_axis[0]})"
 
 
 def _prepare_output(output: Path, skip_training: bool) -> None:
@@ -774,7 +806,12 @@ def run_demo(options: DemoOptions) -> DemoResult:
                 env_plan, logs / "plan_and_preprocess.log", _line_handler(bar, echo, "plan"),
                 "nnUNetv2_plan_and_preprocess")
 
-    # 3: training
+    # 3: training, mirrored only along anatomically possible axes (unless --mirror-si)
+    if not options.mirror_si:
+        from nnunet_shape.training.whole_scan import MIRROR_AXES_ENV
+
+        plans = _read_json(work / "nnUNet_preprocessed" / _dataset_folder_name(options.dataset_id) / "nnUNetPlans.json")
+        env_train[MIRROR_AXES_ENV] = ",".join(str(a) for a in anatomical_mirror_axes(plans["transpose_forward"]))
     for setting in SETTINGS:
         trainer = trainers[setting.slug]
         name = f"nnUNetv2_train {setting.title}"
@@ -849,8 +886,9 @@ def run_demo(options: DemoOptions) -> DemoResult:
     total = time.monotonic() - stages.start
     plans = _read_json(trained_folder(SETTINGS[0].slug).parent / "plans.json")
     phantom_parameters = _read_json(raw_dataset / "phantom_parameters.json")
+    mirror_axes = {s.slug: trained_mirror_axes(trained_folder(s.slug)) for s in SETTINGS}
     report = _write_report(output, options, rows, summaries, chance, verdict, stages.records, total, schedules,
-                           trainers, plans, curves, overlays, case_shape, phantom_parameters, labels)
+                           trainers, plans, curves, overlays, case_shape, phantom_parameters, labels, mirror_axes)
     echo("")
     echo(format_dice_table(rows, final, chance))
     echo(verdict)
@@ -919,7 +957,8 @@ def _write_report(output: Path, options: DemoOptions, rows: Sequence[TableRow],
                   verdict: str, records: Sequence[StageRecord], total_seconds: float,
                   schedules: Mapping[str, tuple[int, int, int]], trainers: Mapping[str, str], plans: dict,
                   curves: Mapping[str, list[Path]], overlays: Sequence[Path], case_shape: Sequence[int],
-                  phantom_parameters: Mapping[str, Any], labels: Sequence[int]) -> Path:
+                  phantom_parameters: Mapping[str, Any], labels: Sequence[int],
+                  mirror_axes: Mapping[str, tuple[int, ...] | None]) -> Path:
     splits = [case["split"] for case in phantom_parameters["cases"].values()]
     grid = [int(s) for s in phantom_parameters["shape_zyx"]]
     spacing = [float(s) for s in phantom_parameters["spacing_zyx_mm"]]
@@ -994,6 +1033,7 @@ def _write_report(output: Path, options: DemoOptions, rows: Sequence[TableRow],
         f"* Every setting: trainer suffix `{options.trainer_suffix}` = {epochs} epochs × {iterations} "
         f"iterations ({epochs * iterations} training iterations, {val_iterations} validation iterations "
         f"per epoch), `nnUNet_n_proc_DA={options.n_proc_da}`.",
+        f"* Mirroring (augmentation and test-time axes): {_mirror_axes_text(mirror_axes, plans)}.",
         "* Optimiser: " + "; ".join(f"{s.title}: {optimizer_description(trainers[s.slug])}" for s in SETTINGS) + ".",
         f"* Trainers: " + ", ".join(f"`{trainers[s.slug]}` ({s.title})" for s in SETTINGS) + ".",
         f"* Prediction: `nnUNetv2_predict` with checkpoint_final.pth, "
@@ -1041,6 +1081,8 @@ def _command_line(options: DemoOptions) -> list[str]:
         args.append("--skip-training")
     if options.tta:
         args.append("--tta")
+    if options.mirror_si:
+        args.append("--mirror-si")
     return args
 
 
@@ -1072,6 +1114,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "'all' trains on every case but validates on all of them, 8x mirrored)")
     parser.add_argument("--dataset-id", type=int, default=DEFAULT_DATASET_ID, help="dataset id (default 701)")
     parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation in nnUNetv2_predict")
+    parser.add_argument("--mirror-si", action="store_true",
+                        help="also mirror along the superior-inferior axis, as nnU-Net does by default (puts the "
+                             "tibia above the femur; default: medial-lateral and anterior-posterior only)")
     parser.add_argument("--n-proc-da", type=int, default=0,
                         help="nnUNet_n_proc_DA for training (default 0: augmentation in the training process)")
     parser.add_argument("--num-processes", type=int, default=2,
@@ -1094,7 +1139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         output=args.output, n_train=args.n_train, n_test=args.n_test, shape=tuple(args.shape), seed=args.seed,
         trainer_suffix=args.trainer_suffix, device=args.device, skip_training=args.skip_training, fold=args.fold,
         dataset_id=args.dataset_id, tta=args.tta, n_proc_da=args.n_proc_da,
-        num_processes=max(1, args.num_processes), progress=not args.no_progress)
+        num_processes=max(1, args.num_processes), progress=not args.no_progress, mirror_si=args.mirror_si)
     try:
         run_demo(options)
     except StageFailed as error:

@@ -61,6 +61,8 @@ LABELS: dict[str, int] = {
     "tibia": 3,
     "tibial_cartilage": 4,
 }
+#: raw array axis along which the femur lies above the tibia (array order (z, y, x) = (ML, SI, AP))
+SUPERIOR_INFERIOR_AXIS = 1
 DEFAULT_SHAPE: tuple[int, int, int] = (40, 64, 64)
 DEFAULT_SPACING: tuple[float, float, float] = (1.4, 0.7, 0.7)
 DEFAULT_FOV_MM: tuple[float, float, float] = tuple(

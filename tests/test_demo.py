@@ -89,6 +89,15 @@ def test_optimizer_description_follows_the_trainer_classes():
     assert demo.optimizer_description("nnUNetTrainerShapeFullSupervision_demo").startswith("nnU-Net's SGD")
 
 
+@pytest.mark.parametrize("transpose_forward, expected", [
+    ((0, 1, 2), (0, 2)),  # the phantoms' plans: superior-inferior stays patch axis 1
+    ((1, 0, 2), (1, 2)),  # a planner that moves it first: patch axis 0 is not mirrored
+    ((2, 0, 1), (0, 1)),  # ... or last
+])
+def test_anatomical_mirror_axes_skip_the_superior_inferior_axis(transpose_forward, expected):
+    assert demo.anatomical_mirror_axes(transpose_forward) == expected
+
+
 def test_unknown_trainer_suffix_names_the_available_ones():
     with pytest.raises(demo.StageFailed, match="_demo"):
         demo._trainer_schedule("nnUNetTrainerShapeDescriptors_nope")
@@ -423,6 +432,10 @@ def test_demo_smoke_run(tmp_path):
 
     report = (output / "report.md").read_text()
     assert "Table 1" in report and "## Timings" in report and "ordering full supervision" in report
+    # every model was trained (and predicts) without superior-inferior mirroring: read back from
+    # the checkpoints nnU-Net wrote, so this fails if the setting did not reach the trainers
+    assert ("Mirroring (augmentation and test-time axes): Full supervision: (0, 2); V+C: (0, 2); "
+            "V+C+D: (0, 2) (patch axes, read from the checkpoints; superior-inferior is patch axis 1)") in report
     for setting in SETTINGS:
         assert f"| {setting.title} |" in report
     links = re.findall(r"\]\(([^)]+)\)", report)

@@ -17,9 +17,11 @@ from nnunet_shape.training.shape_trainers import (
     preprocessed_spacing,
 )
 from nnunet_shape.training.whole_scan import (
+    MIRROR_AXES_ENV,
     WholeCaseDataLoader,
     adapt_plans_for_whole_scan,
     centred_lower_bound,
+    parse_mirror_axes,
     round_up_to_multiple,
     whole_scan_patch_size,
 )
@@ -204,3 +206,60 @@ def test_descriptor_trainers_use_adam_with_poly_decay_and_sgd_on_request(planned
 
     with pytest.raises(ValueError, match="_UnknownOptimizer.optimizer_name"):
         make_trainer(root, _UnknownOptimizer, monkeypatch).initialize()
+
+
+@pytest.mark.parametrize("value, ndim, expected", [
+    ("0,2", 3, (0, 2)),
+    (" 2, 0 ", 3, (0, 2)),
+    ("1", 2, (1,)),
+    ("none", 3, ()),
+    ("", 3, ()),
+])
+def test_parse_mirror_axes(value, ndim, expected):
+    assert parse_mirror_axes(value, ndim) == expected
+
+
+@pytest.mark.parametrize("value, ndim, match", [
+    ("0,3", 3, "in 0..2 for a 3D patch"),
+    ("2", 2, "in 0..1 for a 2D patch"),
+    ("0,0", 3, "distinct"),
+    ("x", 3, "comma-separated"),
+])
+def test_parse_mirror_axes_errors_name_the_variable(value, ndim, match):
+    with pytest.raises(ValueError, match=match) as error:
+        parse_mirror_axes(value, ndim)
+    assert MIRROR_AXES_ENV in str(error.value)
+
+
+class _MirrorOnlyAxis2(nnUNetTrainerShapeDescriptors):
+    mirror_axes = (2,)
+
+
+@pytest.mark.parametrize("trainer_class, env_value, expected", [
+    (nnUNetTrainerShapeDescriptors, None, (0, 1, 2)),  # nnU-Net's default
+    (nnUNetTrainerShapeDescriptors, "0,2", (0, 2)),
+    (nnUNetTrainerShapeDescriptors, "none", None),
+    (_MirrorOnlyAxis2, None, (2,)),  # a subclass attribute
+    (_MirrorOnlyAxis2, "0", (0,)),  # the environment wins for one run
+])
+def test_mirror_axes_reach_augmentation_and_test_time(planned, monkeypatch, trainer_class, env_value, expected):
+    root, _ = planned
+    if env_value is None:
+        monkeypatch.delenv(MIRROR_AXES_ENV, raising=False)
+    else:
+        monkeypatch.setenv(MIRROR_AXES_ENV, env_value)
+    trainer = make_trainer(root, trainer_class, monkeypatch)
+    *_, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    assert mirror_axes == expected
+    # nnUNetv2_predict mirrors along what the checkpoint stores: the same axes
+    assert trainer.inference_allowed_mirroring_axes == expected
+    transforms = trainer.get_training_transforms(trainer.configuration_manager.patch_size, (0, 0), None, mirror_axes,
+                                                 False)
+    mirrors = [t for t in _walk_transforms(transforms) if type(t).__name__ == "MirrorTransform"]
+    assert [tuple(m.allowed_axes) for m in mirrors] == ([expected] if expected else [])
+
+
+def _walk_transforms(transform):
+    yield transform
+    for child in getattr(transform, "transforms", []) or []:
+        yield from _walk_transforms(child)

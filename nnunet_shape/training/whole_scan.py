@@ -29,6 +29,34 @@ from nnunet_shape.network.std_exp import STD_EXP_CLASS_NAME, std_exp_arch_kwargs
 
 #: environment variable: activation-memory budget (GiB) used to choose the batch size.
 MEMORY_BUDGET_ENV = "nnUNetShape_memory_budget_gb"
+#: environment variable: patch axes mirrored in training augmentation and test-time mirroring
+#: (e.g. "0,2"; "none" for no mirroring); unset = the trainer's ``mirror_axes`` (nnU-Net: all)
+MIRROR_AXES_ENV = "nnUNetShape_mirror_axes"
+
+
+def parse_mirror_axes(value: str, ndim: int, source: str = MIRROR_AXES_ENV) -> tuple[int, ...]:
+    """``"0,2"`` -> ``(0, 2)``; ``"none"`` or ``""`` -> ``()`` (no mirroring).
+
+    Axes are those of the configuration's patch (3d_fullres: the preprocessed array's axes,
+    after nnU-Net's ``transpose_forward``; 2d: 0 and 1 are the in-plane axes). ``source`` names
+    where the value came from, for the error message.
+    """
+    text = value.strip().lower()
+    if text in ("", "none"):
+        return ()
+    try:
+        axes = tuple(int(part) for part in text.replace(" ", "").split(","))
+    except ValueError:
+        raise ValueError(f"{source}={value!r}: expected comma-separated axis indices such as '0,2', or 'none'") from None
+    return validate_mirror_axes(axes, ndim, source)
+
+
+def validate_mirror_axes(axes: Sequence[int], ndim: int, source: str) -> tuple[int, ...]:
+    """``axes`` sorted, after checking that they are distinct patch axes of an ``ndim``-D patch."""
+    axes = tuple(int(a) for a in axes)
+    if len(set(axes)) != len(axes) or not all(0 <= a < ndim for a in axes):
+        raise ValueError(f"{source}={axes}: axes must be distinct and in 0..{ndim - 1} for a {ndim}D patch")
+    return tuple(sorted(axes))
 
 
 def round_up_to_multiple(shape: Sequence[int], divisors: Sequence[int]) -> tuple[int, ...]:
@@ -165,6 +193,12 @@ class nnUNetTrainerWholeScan(nnUNetTrainer):
     data_loader_class: type = WholeCaseDataLoader
     #: trainers that learn from voxel labels refuse datasets whose labels are placeholders
     reads_voxel_labels: bool = True
+    #: patch axes mirrored in augmentation and at test time; None = nnU-Net's choice (every axis).
+    #: Shape descriptors are anatomical: mirroring the axis along which two look-alike structures
+    #: lie (femur above tibia) makes position useless for telling them apart, and a
+    #: descriptor-only model then swaps them (docs/method.md, "Mirroring"). The environment
+    #: variable nnUNetShape_mirror_axes overrides it per run.
+    mirror_axes: tuple[int, ...] | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -207,6 +241,22 @@ class nnUNetTrainerWholeScan(nnUNetTrainer):
         batch_size = choose_batch_size(network, patch_size, budget, cls.max_batch_size)
         plans["configurations"][configuration]["batch_size"] = batch_size
         return plans
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        ndim = len(self.configuration_manager.patch_size)
+        if os.environ.get(MIRROR_AXES_ENV) is not None:
+            chosen = parse_mirror_axes(os.environ[MIRROR_AXES_ENV], ndim)
+        elif self.mirror_axes is not None:
+            chosen = validate_mirror_axes(self.mirror_axes, ndim, f"{type(self).__name__}.mirror_axes")
+        else:
+            return rotation, dummy_2d, initial_patch_size, mirror_axes
+        # the same axes for test-time mirroring (stored in the checkpoint, used by nnUNetv2_predict)
+        mirror_axes = chosen if chosen else None
+        self.inference_allowed_mirroring_axes = mirror_axes
+        self.print_to_log_file(f"mirror axes (augmentation and test time): {mirror_axes}")
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
 
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
