@@ -711,18 +711,23 @@ def optimizer_description(trainer: str) -> str:
     return "nnU-Net's SGD (lr 0.01, momentum 0.99, Nesterov, poly decay)"
 
 
-def anatomical_mirror_axes(transpose_forward: Sequence[int], fixed_raw_axis: int | None = None) -> tuple[int, ...]:
-    """Preprocessed (patch) axes that training may mirror: every axis but the one that nnU-Net's
-    ``transpose_forward`` makes of the phantoms' superior-inferior raw axis.
+def superior_inferior_patch_axis(transpose_forward: Sequence[int]) -> int:
+    """The patch axis that nnU-Net's ``transpose_forward`` makes of the phantoms' superior-inferior
+    raw axis (patch axis ``i`` is raw axis ``transpose_forward[i]``)."""
+    from nnunet_shape.phantoms import SUPERIOR_INFERIOR_AXIS
+
+    return [int(raw_axis) for raw_axis in transpose_forward].index(SUPERIOR_INFERIOR_AXIS)
+
+
+def anatomical_mirror_axes(transpose_forward: Sequence[int]) -> tuple[int, ...]:
+    """Patch axes that training may mirror: every axis but the superior-inferior one.
 
     Mirroring along it would put the tibia above the femur: same intensities, similar volume and
     spread, so a descriptor-only model can only tell them apart by position (docs/method.md,
     "Mirroring"). Medial-lateral mirroring (a left knee from a right one) stays.
     """
-    from nnunet_shape.phantoms import SUPERIOR_INFERIOR_AXIS
-
-    fixed = SUPERIOR_INFERIOR_AXIS if fixed_raw_axis is None else fixed_raw_axis
-    return tuple(i for i, raw_axis in enumerate(transpose_forward) if int(raw_axis) != fixed)
+    fixed = superior_inferior_patch_axis(transpose_forward)
+    return tuple(i for i in range(len(transpose_forward)) if i != fixed)
 
 
 def trained_mirror_axes(fold_folder: Path) -> tuple[int, ...] | None:
@@ -735,11 +740,9 @@ def trained_mirror_axes(fold_folder: Path) -> tuple[int, ...] | None:
 
 
 def _mirror_axes_text(mirror_axes: Mapping[str, tuple[int, ...] | None], plans: Mapping[str, Any]) -> str:
-    from nnunet_shape.phantoms import SUPERIOR_INFERIOR_AXIS
-
-    si_axis = [i for i, raw_axis in enumerate(plans["transpose_forward"]) if int(raw_axis) == SUPERIOR_INFERIOR_AXIS]
     per_setting = "; ".join(f"{s.title}: {mirror_axes[s.slug] if mirror_axes[s.slug] else 'none'}" for s in SETTINGS)
-    return f"{per_setting} (patch axes, read from the checkpoints; superior-inferior is patch axis {si_axis[0]})"
+    return (f"{per_setting} (patch axes, read from the checkpoints; superior-inferior is patch axis "
+            f"{superior_inferior_patch_axis(plans['transpose_forward'])})")
 
 
 def _prepare_output(output: Path, skip_training: bool) -> None:
