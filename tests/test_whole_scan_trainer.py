@@ -16,6 +16,7 @@ from nnunet_shape.training.shape_trainers import (
     nnUNetTrainerShapeDescriptorsGrowingT,
     preprocessed_spacing,
 )
+from nnunet_shape.training.from_file import _walk as walk_transforms
 from nnunet_shape.training.whole_scan import (
     MIRROR_AXES_ENV,
     WholeCaseDataLoader,
@@ -255,11 +256,6 @@ def test_mirror_axes_reach_augmentation_and_test_time(planned, monkeypatch, trai
     assert trainer.inference_allowed_mirroring_axes == expected
     transforms = trainer.get_training_transforms(trainer.configuration_manager.patch_size, (0, 0), None, mirror_axes,
                                                  False)
-    mirrors = [t for t in _walk_transforms(transforms) if type(t).__name__ == "MirrorTransform"]
+    mirrors = [t for t in walk_transforms(transforms) if type(t).__name__ == "MirrorTransform"]
     assert [tuple(m.allowed_axes) for m in mirrors] == ([expected] if expected else [])
 
-
-def _walk_transforms(transform):
-    yield transform
-    for child in getattr(transform, "transforms", []) or []:
-        yield from _walk_transforms(child)
