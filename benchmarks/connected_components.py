@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (format_ratio, format_seconds, machine_info, machine_markdown,  # noqa: E402
                     markdown_table, time_interleaved)
 
-from nnunet_shape.postprocessing import (cucim_available,  # noqa: E402
+from nnunet_shape.core.connected_components import (cucim_available,  # noqa: E402
                                          remove_all_but_largest_component_from_segmentation as ours)
 
 TARGET_SPEEDUP = 5.0  # issue 5: the CPU path at least 5x faster than nnU-Net's

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from nnunet_shape.descriptors import DESCRIPTOR_NAMES, compute_descriptors
+from nnunet_shape.core.descriptors import DESCRIPTOR_NAMES, compute_descriptors
 
 DEFAULT_SHAPE = (96, 192, 192)
 DEFAULT_SPACING = (0.7, 0.36, 0.36)

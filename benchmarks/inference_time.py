@@ -6,7 +6,7 @@ with nnU-Net's default sliding-window inference on the same volume, through nnU-
 
 Set-up (cached, see ``--cache``):
 
-1. a phantom knee dataset (``nnunet_shape.phantoms.write_phantom_dataset``: 5 training cases,
+1. a phantom knee dataset (``nnunet_shape.demo.phantoms.write_phantom_dataset``: 5 training cases,
    1 test case, 40 x 64 x 64 voxels of 1.4 x 0.7 x 0.7 mm) in an nnU-Net raw folder;
 2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres -gpu_memory_target 0.1 -overwrite_plans_name
    nnUNetPlans_bench``. The GPU-memory target is scaled down with the volume so that nnU-Net's
@@ -144,7 +144,7 @@ def _save_untrained_checkpoint(root: Path, trainer_name: str) -> Path:
     from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    import nnunet_shape.training.shape_trainers as shape_trainers
+    import nnunet_shape.nnunet.training.shape_trainers as shape_trainers
 
     trainer_class = nnUNetTrainer if trainer_name == "nnUNetTrainer" else getattr(shape_trainers, trainer_name)
     preprocessed = root / "nnUNet_preprocessed" / dataset_folder_name()
@@ -172,7 +172,7 @@ def prepare(cache: Path, shape: Sequence[int] = DEFAULT_SHAPE, verbose: bool = T
 
     Returns the seconds spent per set-up step (0 for a cached step).
     """
-    from nnunet_shape.phantoms import write_phantom_dataset
+    from nnunet_shape.demo.phantoms import write_phantom_dataset
 
     cache.mkdir(parents=True, exist_ok=True)
     logs = cache / "logs"

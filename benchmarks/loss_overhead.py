@@ -21,7 +21,7 @@ LeakyReLU, 2 convs per stage; 1 input channel, 5 classes), input 1 x 1 x 48 x 96
   1, 1/2, ..., last 0, normalised) on the network's deep-supervision outputs, targets
   downsampled beforehand (nnU-Net does that in the data loader, outside the step) - what
   ``nnUNetTrainerShapeFullSupervision`` trains;
-* ``descriptors``: ``nnunet_shape.losses.ShapeDescriptorLoss(descriptors=("volume",
+* ``descriptors``: ``nnunet_shape.core.losses.ShapeDescriptorLoss(descriptors=("volume",
   "centroid", "spread", "surface"))`` on ``softmax(logits.float())`` with the label map as
   target (target descriptors under ``no_grad`` inside the loss, as the trainer does) and the
   case spacing, deep supervision off - what ``nnUNetTrainerShapeDescriptorsVCDS`` trains;
@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (format_ratio, format_seconds, markdown_table, paired_ratio,  # noqa: E402
                     plain_conv_unet_kwargs, time_interleaved)
 
-from nnunet_shape.losses import ShapeDescriptorLoss  # noqa: E402
+from nnunet_shape.core.losses import ShapeDescriptorLoss  # noqa: E402
 from nnunet_shape.network.std_exp import STDEXPNet  # noqa: E402
 
 TARGET_RATIO = 1.05
@@ -339,7 +339,7 @@ def descriptor_loss_breakdown(device: str = "cpu", shape: Sequence[int] = DEFAUL
     nnU-Net's DC+CE forward + backward for scale. Rows: ``part``, ``seconds`` (median),
     ``spread``.
     """
-    from nnunet_shape.descriptors import compute_descriptors, descriptors_from_labels
+    from nnunet_shape.core.descriptors import compute_descriptors, descriptors_from_labels
 
     torch_device = torch.device(device)
     _, labels = synthetic_case(shape)

@@ -11,39 +11,42 @@ import importlib
 import sys
 from typing import Callable, Sequence
 
+# the folder nnUNet_extTrainer points at: re-export modules only (see its __init__)
+TRAINERS_PACKAGE = "nnunet_shape.nnunet.trainers"
+
 # sub-command -> ("module", "function", one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "trainers-dir": ("nnunet_shape.cli", "trainers_dir_main",
                      "print the folder to put in nnUNet_extTrainer"),
-    "phantoms": ("nnunet_shape.phantoms", "main",
+    "phantoms": ("nnunet_shape.demo.phantoms", "main",
                  "write synthetic knee phantoms as an nnU-Net raw dataset"),
-    "determine-postprocessing": ("nnunet_shape.postprocessing_cli", "determine_main",
+    "determine-postprocessing": ("nnunet_shape.nnunet.postprocessing", "determine_main",
                                  "decide largest-component postprocessing from cross-validation"),
-    "apply-postprocessing": ("nnunet_shape.postprocessing_cli", "apply_main",
+    "apply-postprocessing": ("nnunet_shape.nnunet.postprocessing", "apply_main",
                              "apply a postprocessing.pkl to a prediction folder (GPU or CPU)"),
-    "predict": ("nnunet_shape.predict", "main",
+    "predict": ("nnunet_shape.nnunet.predict", "main",
                 "nnUNetv2_predict with argmax and postprocessing on the device (--postprocessing)"),
-    "evaluate": ("nnunet_shape.evaluate", "main",
+    "evaluate": ("nnunet_shape.nnunet.evaluate", "main",
                  "Dice per class and descriptor errors of a prediction folder"),
-    "placeholder-labels": ("nnunet_shape.label_free", "placeholder_labels_main",
+    "placeholder-labels": ("nnunet_shape.nnunet.label_free", "placeholder_labels_main",
                            "write placeholder labelsTr for a label-free dataset"),
-    "export-descriptors": ("descriptor_export.cli", "main",
+    "export-descriptors": ("nnunet_shape.descriptor_files.cli", "main",
                            "per-case descriptor JSON/CSV (same as nnUNetv2_export_descriptors)"),
 }
 
 
 def trainers_directory() -> str:
-    """Absolute path of the shipped ``trainers/`` folder (the value for ``nnUNet_extTrainer``).
+    """Absolute path of the shipped trainer folder (the value for ``nnUNet_extTrainer``).
 
-    Works for an editable install (the source folder ``trainers/``) and for a wheel install
-    (the folder is shipped as the package ``nnunet_shape_trainers``).
+    The folder is the package ``nnunet_shape.nnunet.trainers``; located through the import
+    system, without importing it, so the same code answers for editable and wheel installs.
     """
     import importlib.util
     import os
 
-    spec = importlib.util.find_spec("nnunet_shape_trainers")
+    spec = importlib.util.find_spec(TRAINERS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("nnunet_shape_trainers is not installed: reinstall nnunet-shape "
+        raise RuntimeError(f"{TRAINERS_PACKAGE} is not installed: reinstall nnunet-shape "
                            "(pip install -e . or pip install .)")
     return os.path.abspath(list(spec.submodule_search_locations)[0])
 

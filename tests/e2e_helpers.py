@@ -53,7 +53,7 @@ def write_tiny_dataset(raw_root: Path, dataset_id: int = 701, name: str = "Tiny"
 
 def nnunet_env(root: Path, **extra: str) -> dict[str, str]:
     """Environment for nnU-Net's console scripts: paths in ``root``, our trainers, CPU-sized workers."""
-    from nnunet_shape.demo import nnunet_environment
+    from nnunet_shape.demo.run import nnunet_environment
 
     env = nnunet_environment(root)
     env["OMP_NUM_THREADS"] = "2"

@@ -1,4 +1,4 @@
-"""Specification of nnunet_shape.barrier."""
+"""Specification of nnunet_shape.core.barrier."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nnunet_shape.barrier import BarrierSchedule, ExtendedLogBarrier, extended_log_barrier
+from nnunet_shape.core.barrier import BarrierSchedule, ExtendedLogBarrier, extended_log_barrier
 
 
 def by_hand(z: float, t: float) -> float:

@@ -1,4 +1,4 @@
-"""``make demo`` (nnunet_shape.demo, nnunet_shape.overlays): the pure parts by hand-computed values,
+"""``make demo`` (nnunet_shape.demo, nnunet_shape.demo.overlays): the pure parts by hand-computed values,
 then one smoke run of the whole pipeline through nnU-Net's console scripts (tiny phantoms,
 ``_debug`` trainers)."""
 
@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_shape import demo
-from nnunet_shape.demo import (SETTINGS, TableRow, chance_dice, descriptor_value_count, format_dice_table,
+from nnunet_shape.demo import run as demo
+from nnunet_shape.demo.run import (SETTINGS, TableRow, chance_dice, descriptor_value_count, format_dice_table,
                                format_descriptor_error_table, is_console_line,
                                keep_largest_component_per_label, ordering_verdict, parse_progress,
                                phantom_spacing, postprocess_folder, table_rows, voxel_annotation_count,
                                write_table_csv)
-from nnunet_shape.overlays import (CLASS_COLOURS, class_colours, colourise, mid_slice, most_labelled_slice,
+from nnunet_shape.demo.overlays import (CLASS_COLOURS, class_colours, colourise, mid_slice, most_labelled_slice,
                                    save_overlay_figure)
 
 
@@ -60,7 +60,7 @@ def test_voxel_annotation_count(shape, expected):
 
 @pytest.mark.parametrize("shape", [(40, 64, 64), (32, 48, 48), (16, 32, 32), (7, 11, 13)])
 def test_phantom_spacing_keeps_the_default_field_of_view(shape):
-    from nnunet_shape.phantoms import DEFAULT_FOV_MM, DEFAULT_SHAPE, DEFAULT_SPACING
+    from nnunet_shape.demo.phantoms import DEFAULT_FOV_MM, DEFAULT_SHAPE, DEFAULT_SPACING
 
     spacing = phantom_spacing(shape)
     assert np.allclose(np.multiply(shape, spacing), DEFAULT_FOV_MM)
@@ -70,7 +70,7 @@ def test_phantom_spacing_keeps_the_default_field_of_view(shape):
 def test_settings_match_the_trainers():
     """The rows name real trainers, constrain what the trainer classes constrain, and every row
     gets the same schedule from the _demo and _debug suffixes."""
-    import nnunet_shape.training.shape_trainers as shape_trainers
+    import nnunet_shape.nnunet.training.shape_trainers as shape_trainers
 
     assert [s.title for s in SETTINGS] == ["Full supervision", "V+C", "V+C+D"]
     for setting in SETTINGS:

@@ -12,10 +12,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from descriptor_export import export as exporter
-from descriptor_export.cli import main as cli_main
-from nnunet_shape import descriptors as core
-from nnunet_shape.descriptor_io import load_case_descriptors, load_descriptor_folder
+from nnunet_shape.descriptor_files import export as exporter
+from nnunet_shape.descriptor_files.cli import main as cli_main
+from nnunet_shape.core import descriptors as core
+from nnunet_shape.descriptor_files.read import load_case_descriptors, load_descriptor_folder
 
 LABELS = {"background": 0, "femur": 1, "tibia": 2, "patella": 3}
 ROTATION = sitk.VersorTransform((0.2, 0.3, 0.5), 0.7).GetMatrix()  # non-axis-aligned direction
@@ -348,7 +348,7 @@ def test_nibabel_reader_gives_the_same_world_frame(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("failure, error", [("dump", OSError), ("dump", KeyboardInterrupt), ("replace", OSError)])
 def test_interrupted_export_leaves_no_partial_file(raw_dataset, monkeypatch, failure, error):
-    import nnunet_shape.descriptor_io as io_module
+    import nnunet_shape.descriptor_files.read as io_module
 
     def broken_dump(obj, handle, **kwargs):
         handle.write('{"schema": "nnunet-shape/descriptors/v1", "kind": "meas')  # half a file, then the failure

@@ -1,4 +1,4 @@
-"""nnunet_shape.descriptor_io: validation errors, hand-written priors, targets for the trainer,
+"""nnunet_shape.descriptor_files.read: validation errors, hand-written priors, targets for the trainer,
 atomic writes, and the round trip export -> load -> targets."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from descriptor_export import export as exporter
-from nnunet_shape import descriptors as core
-from nnunet_shape.descriptor_io import (
+from nnunet_shape.descriptor_files import export as exporter
+from nnunet_shape.core import descriptors as core
+from nnunet_shape.descriptor_files.read import (
     SCHEMA_ID,
     CaseDescriptors,
     ClassSpec,

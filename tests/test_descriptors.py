@@ -1,4 +1,4 @@
-"""Specification of nnunet_shape.descriptors.
+"""Specification of nnunet_shape.core.descriptors.
 
 Reference values come from an independent numpy implementation with full coordinate grids
 (``reference_descriptors`` below) or are computed by hand in the test tables.
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_shape import descriptors as d
+from nnunet_shape.core import descriptors as d
 
 # ----------------------------------------------------------------------------------------
 # independent numpy reference

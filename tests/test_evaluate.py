@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_shape import evaluate
-from nnunet_shape.evaluate import descriptor_errors_case, evaluate_folder, format_markdown_table
+from nnunet_shape.nnunet import evaluate
+from nnunet_shape.nnunet.evaluate import descriptor_errors_case, evaluate_folder, format_markdown_table
 
 SHAPE = (10, 16, 12)
 SPACING = (2.0, 0.5, 1.0)  # array order; voxel volume 1 mm^3

@@ -17,13 +17,13 @@ import pytest
 import torch
 
 from e2e_helpers import make_trainer, run_cli, train_env
-from nnunet_shape.descriptors import descriptors_from_labels
-from nnunet_shape.label_free import PLACEHOLDER_FLAG, PlaceholderLabelsError, write_placeholder_labels
-from nnunet_shape.training.from_file import (
+from nnunet_shape.core.descriptors import descriptors_from_labels
+from nnunet_shape.nnunet.label_free import PLACEHOLDER_FLAG, PlaceholderLabelsError, write_placeholder_labels
+from nnunet_shape.nnunet.training.from_file import (
     FromFileDataLoader,
     nnUNetTrainerShapeDescriptorsFromFile,
 )
-from nnunet_shape.training.shape_trainers import nnUNetTrainerShapeDescriptors
+from nnunet_shape.nnunet.training.shape_trainers import nnUNetTrainerShapeDescriptors
 
 DATASET = "Dataset701_Tiny"
 
@@ -40,7 +40,7 @@ def _augmenting_loader(trainer, force: dict) -> FromFileDataLoader:
     """A training loader on the REAL dataset (labels included, to check against) with the
     trainer's transforms, where the spatial transform always rotates / scales as ``force`` says."""
     from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
-    from nnunet_shape.training.from_file import _walk
+    from nnunet_shape.nnunet.training.from_file import _walk
 
     (rotation, dummy_2d, initial_patch, mirror_axes) = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     transforms = trainer.get_training_transforms(

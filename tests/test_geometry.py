@@ -1,4 +1,4 @@
-"""Specification of nnunet_shape.geometry: analytic descriptor transforms, proven against the
+"""Specification of nnunet_shape.core.geometry: analytic descriptor transforms, proven against the
 real nnU-Net / batchgeneratorsv2 code.
 
 The core tests push a two-ellipsoid label map through the real augmentation (loader placement
@@ -28,8 +28,8 @@ from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from batchgeneratorsv2.transforms.utils.pseudo2d import Convert2DTo3DTransform, Convert3DTo2DTransform
 
-from nnunet_shape.descriptors import descriptors_from_labels
-from nnunet_shape.geometry import (
+from nnunet_shape.core.descriptors import descriptors_from_labels
+from nnunet_shape.core.geometry import (
     IndexAffine,
     centred_crop_affine,
     physical_affine,
@@ -40,7 +40,7 @@ from nnunet_shape.geometry import (
     training_patch_affine,
     transform_targets,
 )
-from nnunet_shape.training.whole_scan import centred_lower_bound
+from nnunet_shape.nnunet.training.whole_scan import centred_lower_bound
 
 NAMES = ("volume", "centroid", "spread", "covariance", "surface")
 NUM_CLASSES = 3

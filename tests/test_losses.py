@@ -1,4 +1,4 @@
-"""Specification of nnunet_shape.losses."""
+"""Specification of nnunet_shape.core.losses."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_shape.barrier import extended_log_barrier
-from nnunet_shape.descriptors import (
+from nnunet_shape.core.barrier import extended_log_barrier
+from nnunet_shape.core.descriptors import (
     DESCRIPTOR_NAMES,
     compute_descriptors,
     descriptors_from_labels,
     one_hot_labels,
     surface,
 )
-from nnunet_shape.losses import (
+from nnunet_shape.core.losses import (
     DescriptorBounds,
     EqualCentroidPrior,
     RatioPrior,

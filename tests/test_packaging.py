@@ -36,9 +36,11 @@ def installed_wheel(tmp_path_factory) -> Path:
 
 def test_wheel_contains_the_reexport_modules_and_the_schema(installed_wheel):
     names = set(zipfile.ZipFile(installed_wheel).namelist())
-    for module in ("nnunet_shape_trainers/__init__.py", "nnunet_shape_trainers/shape_descriptor_trainers.py",
-                   "nnunet_shape_trainers/shape_descriptor_trainers_from_file.py",
-                   "descriptor_export/schema_v1.json", "nnunet_shape/training/shape_trainers.py"):
+    for module in ("nnunet_shape/nnunet/trainers/__init__.py",
+                   "nnunet_shape/nnunet/trainers/shape_descriptor_trainers.py",
+                   "nnunet_shape/nnunet/trainers/shape_descriptor_trainers_from_file.py",
+                   "nnunet_shape/descriptor_files/schema_v1.json",
+                   "nnunet_shape/nnunet/training/shape_trainers.py"):
         assert module in names, module
 
 
@@ -55,7 +57,7 @@ def test_trainers_dir_of_a_wheel_install_is_found_by_nnunet(installed_wheel):
         "print('MODULE', cls.__module__)\n"
     )
     # the installed copy first on the path and the working directory away from the source tree,
-    # so that neither the editable install nor ./trainers can answer
+    # so that neither the editable install nor the source tree can answer
     env = {**os.environ, "PYTHONPATH": str(site)}
     env.pop("nnUNet_extTrainer", None)
     completed = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
@@ -63,7 +65,7 @@ def test_trainers_dir_of_a_wheel_install_is_found_by_nnunet(installed_wheel):
     assert completed.returncode == 0, completed.stderr[-4000:]
     found = dict(line.split(" ", 1) for line in completed.stdout.splitlines() if line.startswith(("FOLDER ", "MODULE ")))
     folder, module = found["FOLDER"], found["MODULE"]
-    assert Path(folder) == site / "nnunet_shape_trainers"
+    assert Path(folder) == site / "nnunet_shape" / "nnunet" / "trainers"
     assert Path(folder, "shape_descriptor_trainers.py").is_file()
     # the class nnU-Net finds is the real one from the installed package (picklable), not a copy
-    assert module == "nnunet_shape.training.shape_trainers"
+    assert module == "nnunet_shape.nnunet.training.shape_trainers"

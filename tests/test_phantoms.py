@@ -12,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 from scipy.ndimage import binary_dilation
 
-from nnunet_shape import phantoms
-from nnunet_shape.phantoms import (
+from nnunet_shape.demo import phantoms
+from nnunet_shape.demo.phantoms import (
     DEFAULT_SHAPE,
     DEFAULT_SPACING,
     LABELS,

@@ -22,7 +22,7 @@ from nnunetv2.postprocessing.remove_connected_components import (
 )
 
 import cc3d
-from nnunet_shape.postprocessing import (
+from nnunet_shape.core.connected_components import (
     RemoveAllButLargestComponent,
     is_largest_component_function,
     label_components_torch,
@@ -445,7 +445,7 @@ def _read(path: Path) -> np.ndarray:
 def test_determine_equals_nnunet_determine(tmp_path, monkeypatch, labels, regions_class_order, expected_steps,
                                            backend):
     from nnunetv2.evaluation.evaluate_predictions import load_summary_json
-    from nnunet_shape.postprocessing_cli import determine_postprocessing_on_device
+    from nnunet_shape.nnunet.postprocessing import determine_postprocessing_on_device
 
     import nnunetv2.evaluation.evaluate_predictions as nnunet_evaluation
     import nnunetv2.postprocessing.remove_connected_components as nnunet_postprocessing

@@ -26,7 +26,7 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from e2e_helpers import run_cli, train_env
-from nnunet_shape.predict import (ShapePredictor, export_label_map, find_postprocessing_file, label_dtype,
+from nnunet_shape.nnunet.predict import (ShapePredictor, export_label_map, find_postprocessing_file, label_dtype,
                                   label_map_to_original_geometry, labels_from_logits)
 
 DATASET = "Dataset701_Tiny"
@@ -427,7 +427,7 @@ def test_predict_with_postprocessing_equals_nnunet_predict_then_apply_postproces
 
 
 def test_postprocessing_flag_without_with_and_with_a_value():
-    from nnunet_shape.predict import _FROM_MODEL_FOLDER, build_parser
+    from nnunet_shape.nnunet.predict import _FROM_MODEL_FOLDER, build_parser
 
     base = ["-i", "in", "-o", "out", "-d", "701", "-c", "3d_fullres"]
     parse = build_parser().parse_args

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from e2e_helpers import make_trainer
-from nnunet_shape.training.shape_trainers import (
+from nnunet_shape.nnunet.training.shape_trainers import (
     TRAINER_NAMES,
     nnUNetTrainerShapeDescriptors,
     nnUNetTrainerShapeDescriptorsGrowingT,
     preprocessed_spacing,
 )
-from nnunet_shape.training.from_file import _walk as walk_transforms
-from nnunet_shape.training.whole_scan import (
+from nnunet_shape.nnunet.training.from_file import _walk as walk_transforms
+from nnunet_shape.nnunet.training.whole_scan import (
     MIRROR_AXES_ENV,
     WholeCaseDataLoader,
     adapt_plans_for_whole_scan,
@@ -94,7 +94,7 @@ def test_every_trainer_variant_is_exported_from_the_trainers_folder():
         assert name in TRAINER_NAMES
         cls = getattr(module, name)
         # defined in the library (picklable), not in the trainers folder
-        assert cls.__module__ == "nnunet_shape.training.shape_trainers"
+        assert cls.__module__ == "nnunet_shape.nnunet.training.shape_trainers"
     assert getattr(module, "nnUNetTrainerShapeDescriptorsVC_5epochs").training_epochs == 5
     assert getattr(module, "nnUNetTrainerShapeDescriptorsVC_5epochs").descriptors == ("volume", "centroid")
 

@@ -12,13 +12,13 @@ Conventions
 -----------
 * A frame is an array: its axes in array order, voxel centres at index ``i``, physical
   coordinates ``x_a = i_a * s_a`` with the frame's spacing ``s`` (origin at the first voxel;
-  the convention of :mod:`nnunet_shape.descriptors`).
+  the convention of :mod:`nnunet_shape.core.descriptors`).
 * :class:`IndexAffine` maps content in voxel-INDEX units, ``q = M i + o``: the voxel of the
   input frame at index ``i`` appears at index ``q`` of the output frame.
 * Targets: ``dict[str, (lower, upper)]`` of float64 arrays for K classes, ``"volume"`` (K,),
   ``"centroid"`` (K, D), ``"spread"`` (K, D), ``"covariance"`` (K, D, D), ``"surface"`` (K,)
   (any subset). NaN = unconstrained, ``lower == upper`` = exact value, volume ``[0, 0]`` =
-  absent class (the format of :func:`nnunet_shape.descriptor_io.case_targets_array_frame`).
+  absent class (the format of :func:`nnunet_shape.descriptor_files.read.case_targets_array_frame`).
 
 In physical units the map is ``Y = A X + b`` with ``A = S_out M S_in^{-1}`` and
 ``b = S_out o`` (``S = diag(spacing)``). Moments transform exactly (volume x |det A|,

@@ -11,8 +11,8 @@
    ``_demo`` length variant: same epochs, iterations and batch size for every row);
 4. ``nnUNetv2_predict`` of the test cases with each model;
 5. largest-connected-component postprocessing per label on every prediction
-   (:func:`nnunet_shape.postprocessing.remove_all_but_largest_component_from_segmentation`);
-6. evaluation (:func:`nnunet_shape.evaluate.evaluate_folder`): Dice per class, relative volume
+   (:func:`nnunet_shape.core.connected_components.remove_all_but_largest_component_from_segmentation`);
+6. evaluation (:func:`nnunet_shape.nnunet.evaluate.evaluate_folder`): Dice per class, relative volume
    error and centroid distance, before and after postprocessing;
 7. ``OUTPUT/report.md`` (Table 1, descriptor errors, schedule, timings, figures),
    ``OUTPUT/table.csv``, ``OUTPUT/descriptor_errors.csv``, the training curves and one overlay PNG
@@ -148,7 +148,7 @@ def voxel_annotation_count(shape: Sequence[int]) -> int:
 def phantom_spacing(shape: Sequence[int]) -> tuple[float, float, float]:
     """Voxel spacing (mm) that keeps the phantom generator's default field of view on ``shape``,
     so the anatomy keeps its size in millimetres whatever the grid."""
-    from nnunet_shape.phantoms import DEFAULT_FOV_MM
+    from nnunet_shape.demo.phantoms import DEFAULT_FOV_MM
 
     if len(shape) != 3 or any(int(s) < 1 for s in shape):
         raise ValueError(f"demo.py phantom_spacing: need three positive sizes, got {tuple(shape)}")
@@ -362,7 +362,7 @@ def write_descriptor_errors_csv(summaries: Mapping[tuple[str, str], Mapping[str,
 def keep_largest_component_per_label(segmentation: Any, labels: Sequence[int]) -> Any:
     """Keep only the largest connected component of every label in ``labels`` (nnU-Net's rule:
     full connectivity, ties keep all maximal components); removed voxels become background."""
-    from nnunet_shape.postprocessing import remove_all_but_largest_component_from_segmentation
+    from nnunet_shape.core.connected_components import remove_all_but_largest_component_from_segmentation
 
     for label in labels:
         segmentation = remove_all_but_largest_component_from_segmentation(segmentation, int(label), 0)
@@ -686,7 +686,7 @@ def _dataset_folder_name(dataset_id: int) -> str:
 
 def _trainer_class(trainer: str) -> type:
     """A nnunet-shape trainer class by name (with its length suffix)."""
-    import nnunet_shape.training.shape_trainers as shape_trainers
+    import nnunet_shape.nnunet.training.shape_trainers as shape_trainers
 
     cls = getattr(shape_trainers, trainer, None)
     if cls is None:
@@ -714,7 +714,7 @@ def optimizer_description(trainer: str) -> str:
 def superior_inferior_patch_axis(transpose_forward: Sequence[int]) -> int:
     """The patch axis that nnU-Net's ``transpose_forward`` makes of the phantoms' superior-inferior
     raw axis (patch axis ``i`` is raw axis ``transpose_forward[i]``)."""
-    from nnunet_shape.phantoms import SUPERIOR_INFERIOR_AXIS
+    from nnunet_shape.demo.phantoms import SUPERIOR_INFERIOR_AXIS
 
     return [int(raw_axis) for raw_axis in transpose_forward].index(SUPERIOR_INFERIOR_AXIS)
 
@@ -792,7 +792,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
         stages.skipped("phantoms", f"reused {raw_dataset}")
         stages.skipped("nnUNetv2_plan_and_preprocess", "reused")
     else:
-        from nnunet_shape.phantoms import write_phantom_dataset
+        from nnunet_shape.demo.phantoms import write_phantom_dataset
 
         with stages.stage("phantoms", 1, "dataset") as bar:
             bar.set_postfix_str(f"{options.n_train} train + {options.n_test} test, {options.shape}")
@@ -811,7 +811,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
 
     # 3: training, mirrored only along anatomically possible axes (unless --mirror-si)
     if not options.mirror_si:
-        from nnunet_shape.training.whole_scan import MIRROR_AXES_ENV
+        from nnunet_shape.nnunet.training.whole_scan import MIRROR_AXES_ENV
 
         plans = _read_json(work / "nnUNet_preprocessed" / _dataset_folder_name(options.dataset_id) / "nnUNetPlans.json")
         env_train[MIRROR_AXES_ENV] = ",".join(str(a) for a in anatomical_mirror_axes(plans["transpose_forward"]))
@@ -858,7 +858,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
                                labels, file_ending, on_case=lambda _: bar.update(1))
 
     # 6: evaluation
-    from nnunet_shape.evaluate import evaluate_folder
+    from nnunet_shape.nnunet.evaluate import evaluate_folder
 
     summaries: dict[tuple[str, str], dict] = {}
     with stages.stage("evaluation", len(SETTINGS) * len(POSTPROCESSING_VARIANTS), "folder") as bar:
@@ -928,7 +928,7 @@ def _case_overlay(output: Path, raw_dataset: Path, predictions: Path, case: str,
     model's (postprocessed) prediction."""
     import SimpleITK as sitk
 
-    from nnunet_shape.overlays import mid_slice, most_labelled_slice, save_overlay_figure
+    from nnunet_shape.demo.overlays import mid_slice, most_labelled_slice, save_overlay_figure
 
     def read(path: Path):
         return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))

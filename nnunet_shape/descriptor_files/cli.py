@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.num_processes is not None and args.num_processes < 1:
         parser.error("--np must be >= 1")
 
-    from descriptor_export.export import export_dataset
+    from nnunet_shape.descriptor_files.export import export_dataset
 
     try:
         report = export_dataset(dataset=args.dataset, input_folder=args.input, output_folder=args.output,

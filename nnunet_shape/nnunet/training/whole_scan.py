@@ -24,7 +24,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunet_shape.label_free import refuse_placeholder_labels
+from nnunet_shape.nnunet.label_free import refuse_placeholder_labels
 from nnunet_shape.network.std_exp import STD_EXP_CLASS_NAME, std_exp_arch_kwargs, total_stride
 
 #: environment variable: activation-memory budget (GiB) used to choose the batch size.

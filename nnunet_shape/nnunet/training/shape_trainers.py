@@ -1,7 +1,7 @@
 """nnU-Net trainers supervised by shape descriptors only (papers 000 and 001).
 
 The network sees the whole scan (``nnUNetTrainerWholeScan``); the loss is the extended
-log-barrier on per-class descriptors (``nnunet_shape.losses``) - no voxel loss at all. Targets
+log-barrier on per-class descriptors (``nnunet_shape.core.losses``) - no voxel loss at all. Targets
 are computed from the (augmented) label map of each case in the batch, in physical units: the
 preprocessed spacing of that case. Checkpoints are selected by descriptor satisfaction on the
 validation cases, never by a voxel metric.
@@ -23,10 +23,10 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 
-from nnunet_shape.barrier import BarrierSchedule
-from nnunet_shape.losses import ShapeDescriptorLoss
-from nnunet_shape.training.progress import plot_descriptor_progress
-from nnunet_shape.training.whole_scan import load_preprocessed_image, nnUNetTrainerWholeScan
+from nnunet_shape.core.barrier import BarrierSchedule
+from nnunet_shape.core.losses import ShapeDescriptorLoss
+from nnunet_shape.nnunet.training.progress import plot_descriptor_progress
+from nnunet_shape.nnunet.training.whole_scan import load_preprocessed_image, nnUNetTrainerWholeScan
 
 #: logger keys added by the descriptor trainers (one value per epoch, as nnU-Net's logger wants)
 T_KEY = "barrier_t"

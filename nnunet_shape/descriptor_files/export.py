@@ -2,7 +2,7 @@
 
 Pipeline per case: read the label map with nnU-Net's reader for the dataset (so the array
 axis order and spacing are exactly what nnU-Net holds), compute every descriptor with the
-core (:mod:`nnunet_shape.descriptors`, float64) on each class or region, add world-frame
+core (:mod:`nnunet_shape.core.descriptors`, float64) on each class or region, add world-frame
 values from the image geometry, and write ``<case>.json`` atomically. A folder export adds
 ``summary.json`` and, on request, ``descriptors.csv``; unchanged cases are skipped.
 
@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from nnunet_shape import __version__ as _package_version
-from nnunet_shape.descriptor_io import (
+from nnunet_shape.descriptor_files.read import (
     SCHEMA_ID,
     SUMMARY_FILE_NAME,
     ClassSpec,
@@ -179,14 +179,14 @@ def _floats(array: Any) -> Any:
 def class_descriptors(labels: np.ndarray, spec: ClassSpec, geometry: Geometry) -> dict[str, Any]:
     """The JSON object of one class (or region) of a label map.
 
-    Descriptors come from :func:`nnunet_shape.descriptors.compute_descriptors` in float64 on
+    Descriptors come from :func:`nnunet_shape.core.descriptors.compute_descriptors` in float64 on
     the binary mask cropped to its bounding box plus one voxel (so every inside/outside face
     pair of the full image is kept; the centroid is shifted back by the crop offset).
     An absent class gives ``voxels: 0``, volume and surface 0 and null geometry.
     """
     import torch
 
-    from nnunet_shape import descriptors as core
+    from nnunet_shape.core import descriptors as core
 
     mask = np.isin(labels, spec.labels) if spec.region_labels is not None else labels == spec.label
     voxels = int(np.count_nonzero(mask))

@@ -2,7 +2,7 @@
 
 Drop-in counterparts of ``nnUNetv2_determine_postprocessing`` and ``nnUNetv2_apply_postprocessing``
 (same arguments, plus ``-device`` and ``--backend``) that run the largest-component step on the
-chosen device with :mod:`nnunet_shape.postprocessing`:
+chosen device with :mod:`nnunet_shape.core.connected_components`:
 
 - the decision is nnU-Net's: try "keep the largest foreground component" and keep it when the
   mean foreground Dice improves and no class gets worse; then, if there is more than one label
@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Sequence, Union
 import numpy as np
 import torch
 
-from nnunet_shape.postprocessing import (Backend, postprocess_logits_argmax, region_or_label_mask,
+from nnunet_shape.core.connected_components import (Backend, postprocess_logits_argmax, region_or_label_mask,
                                          remove_all_but_largest_component_from_segmentation)
 
 ArrayLike = Union[np.ndarray, torch.Tensor]

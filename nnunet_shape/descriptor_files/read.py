@@ -4,7 +4,7 @@ The files are written by ``nnUNetv2_export_descriptors`` (``kind: "measured"``) 
 (``kind: "prior"``); docs/descriptor-json.md describes the format. This module is the one
 place that interprets them: the trainer calls :func:`load_descriptor_folder` once and
 :func:`case_targets_array_frame` per case to get lower/upper bounds per descriptor of
-:mod:`nnunet_shape.descriptors` (NaN = unconstrained).
+:mod:`nnunet_shape.core.descriptors` (NaN = unconstrained).
 
 Every descriptor field of a class holds either an exact value or bounds
 ``{"min": .., "max": ..}`` (either side optional, ``null`` components unbounded). Both are
@@ -66,7 +66,7 @@ DESCRIPTOR_FIELDS: dict[str, int] = {
     "flatness": 0,
 }
 
-# nnunet_shape.descriptors name -> file field (array frame, mm, origin at the first voxel)
+# nnunet_shape.core.descriptors name -> file field (array frame, mm, origin at the first voxel)
 CORE_FIELD_OF_DESCRIPTOR: dict[str, str] = {
     "volume": "volume_mm3",
     "centroid": "centroid_mm",
@@ -290,8 +290,8 @@ def write_json_atomic(path: PathLike, obj: Any) -> None:
 
 @lru_cache(maxsize=1)
 def load_schema() -> dict:
-    """The JSON Schema of v1, shipped as ``descriptor_export/schema_v1.json``."""
-    text = resources.files("descriptor_export").joinpath("schema_v1.json").read_text(encoding="utf-8")
+    """The JSON Schema of v1, shipped as ``nnunet_shape/descriptor_files/schema_v1.json``."""
+    text = resources.files("nnunet_shape.descriptor_files").joinpath("schema_v1.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 
@@ -658,7 +658,7 @@ def _adapt_dimension(case: CaseDescriptors, array: np.ndarray, rank: int, dim: i
 def case_targets_array_frame(
     case: CaseDescriptors, class_labels: Sequence[int | str], dim: int
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Lower/upper target bounds per descriptor of :mod:`nnunet_shape.descriptors`.
+    """Lower/upper target bounds per descriptor of :mod:`nnunet_shape.core.descriptors`.
 
     Args:
         case: a loaded descriptor file.

@@ -5,7 +5,7 @@ Every constrained component ``f`` of a descriptor (one class, one axis) with bou
 
     z_low = (lower - f) / scale <= 0        z_up = (f - upper) / scale <= 0
 
-each through :func:`~nnunet_shape.barrier.extended_log_barrier`. ``scale`` makes the
+each through :func:`~nnunet_shape.core.barrier.extended_log_barrier`. ``scale`` makes the
 constraints comparable across descriptors.
 
 Default ``scale_mode="half_width"``: ``scale`` is the half-width of the feasible interval,
@@ -51,8 +51,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from nnunet_shape.barrier import extended_log_barrier
-from nnunet_shape.descriptors import (
+from nnunet_shape.core.barrier import extended_log_barrier
+from nnunet_shape.core.bounds import (
+    DEFAULT_ABSOLUTE_MARGIN,
+    DEFAULT_RELATIVE_MARGIN,
+    NON_NEGATIVE_DESCRIPTORS,
+    RESOLUTION_FLOOR,
+    DescriptorBounds,
+    bounds_from_targets,
+)
+from nnunet_shape.core.priors import EqualCentroidPrior, Prior, PriorContext, RatioPrior
+from nnunet_shape.core.descriptors import (
     DESCRIPTOR_NAMES,
     SpacingLike,
     _spacing_tensor,
@@ -63,181 +72,20 @@ from nnunet_shape.descriptors import (
 )
 
 __all__ = [
-    "DescriptorBounds",
     "ShapeLossResult",
+    "shape_descriptor_loss",
+    "ShapeDescriptorLoss",
+    # re-exported so that ``from nnunet_shape.core.losses import DescriptorBounds`` keeps working
+    "DescriptorBounds",
     "RatioPrior",
     "EqualCentroidPrior",
     "bounds_from_targets",
-    "shape_descriptor_loss",
-    "ShapeDescriptorLoss",
-    "NON_NEGATIVE_DESCRIPTORS",
-    "DEFAULT_RELATIVE_MARGIN",
-    "DEFAULT_ABSOLUTE_MARGIN",
 ]
 
-NON_NEGATIVE_DESCRIPTORS = frozenset({"volume", "surface", "spread"})
-DEFAULT_RELATIVE_MARGIN = 0.1
-# relative +-10 % is meaningless for coordinates near the origin: centroids get +-2 mm
-DEFAULT_ABSOLUTE_MARGIN: dict[str, float] = {"centroid": 2.0}
 ABSENT_VOLUME_FRACTION = 1e-3  # volume scale floor and "absent" tolerance, x image volume
 SURFACE_SCALE_FRACTION = 1e-3  # surface scale floor, x image volume ** ((D-1)/D)
 REDUCTIONS = ("mean", "sum", "none")
 SCALE_MODES = ("half_width", "natural")
-
-
-def _descriptor_shape(name: str, batch: int, classes: int, ndim: int) -> tuple[int, ...]:
-    if name in ("volume", "surface"):
-        return (batch, classes)
-    if name in ("centroid", "spread"):
-        return (batch, classes, ndim)
-    if name == "covariance":
-        return (batch, classes, ndim, ndim)
-    raise ValueError(f"losses.py: unknown descriptor {name!r}; known: {DESCRIPTOR_NAMES}")
-
-
-# ----------------------------------------------------------------------------------------
-# bounds
-# ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class DescriptorBounds:
-    """Lower/upper bounds per descriptor; NaN = that component is unconstrained.
-
-    ``lower[name]`` / ``upper[name]`` have the descriptor's shape (volume/surface (B, K),
-    centroid/spread (B, K, D), covariance (B, K, D, D)); a leading batch size of 1
-    broadcasts over the batch. ``present`` (B, K) bool marks the classes in the image;
-    None infers it: a class is absent iff its volume upper bound is 0.
-    """
-
-    lower: dict[str, Tensor]
-    upper: dict[str, Tensor]
-    present: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        for name in set(self.lower) | set(self.upper):
-            if name not in DESCRIPTOR_NAMES:
-                raise ValueError(
-                    f"losses.py DescriptorBounds: unknown descriptor {name!r}; known: "
-                    f"{DESCRIPTOR_NAMES}"
-                )
-            if (name in self.lower) != (name in self.upper):
-                raise ValueError(
-                    f"losses.py DescriptorBounds: {name!r} has only one of lower/upper; give "
-                    f"both (NaN for an unconstrained side)"
-                )
-            if self.lower[name].shape != self.upper[name].shape:
-                raise ValueError(
-                    f"losses.py DescriptorBounds: {name!r} lower {tuple(self.lower[name].shape)}"
-                    f" and upper {tuple(self.upper[name].shape)} differ in shape"
-                )
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(n for n in DESCRIPTOR_NAMES if n in self.lower)
-
-    def presence(self) -> Tensor | None:
-        """(B|1, K) bool: ``present`` if given, else ``volume upper != 0``; None if unknown."""
-        if self.present is not None:
-            return self.present.bool()
-        if "volume" in self.upper:
-            return ~(self.upper["volume"] == 0)
-        return None
-
-    def to(
-        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> DescriptorBounds:
-        return DescriptorBounds(
-            lower={k: v.to(device=device, dtype=dtype) for k, v in self.lower.items()},
-            upper={k: v.to(device=device, dtype=dtype) for k, v in self.upper.items()},
-            present=None if self.present is None else self.present.to(device=device),
-        )
-
-    @classmethod
-    def unconstrained(
-        cls,
-        batch: int,
-        num_classes: int,
-        ndim: int,
-        names: Sequence[str] = ("volume", "centroid", "spread"),
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> DescriptorBounds:
-        """All-NaN bounds of the right shapes, to fill in from hand-written priors."""
-        lower, upper = {}, {}
-        for name in names:
-            shape = _descriptor_shape(name, batch, num_classes, ndim)
-            lower[name] = torch.full(shape, math.nan, device=device, dtype=dtype)
-            upper[name] = torch.full(shape, math.nan, device=device, dtype=dtype)
-        return cls(lower=lower, upper=upper)
-
-
-def _per_name(value: float | Mapping[str, float] | None, name: str, default: float) -> float:
-    if value is None:
-        return default
-    if isinstance(value, Mapping):
-        return float(value.get(name, default))
-    return float(value)
-
-
-def bounds_from_targets(
-    targets: Mapping[str, Tensor],
-    relative_margin: float | Mapping[str, float] = DEFAULT_RELATIVE_MARGIN,
-    absolute_margin: Mapping[str, float] | None = None,
-) -> DescriptorBounds:
-    """Bounds ``tau +- max(relative * |tau|, absolute)`` around target descriptor values.
-
-    Args:
-        targets: {name: tau} with the descriptor shapes ((B, K), (B, K, D), (B, K, D, D)).
-        relative_margin: one fraction for all descriptors, or {name: fraction}
-            (missing names: 0.1, the papers' +-10 %).
-        absolute_margin: {name: half-width in physical units}, merged over the defaults
-            (centroid 2.0 mm, others 0).
-    Returns:
-        DescriptorBounds with ``present = volume > 0`` when ``volume`` is given. Absent
-        classes (target volume 0) get volume bounds [0, 0] and NaN (unconstrained) for every
-        other descriptor.
-
-    For the covariance the relative half-width of component (a, b) is
-    ``relative * sqrt(tau_aa * tau_bb)`` -- off-diagonal terms near 0 would otherwise get
-    zero-width bounds.
-    """
-    absolute = dict(DEFAULT_ABSOLUTE_MARGIN)
-    if absolute_margin is not None:
-        absolute.update({k: float(v) for k, v in absolute_margin.items()})
-    present = None
-    if "volume" in targets:
-        present = targets["volume"].detach() > 0
-    lower: dict[str, Tensor] = {}
-    upper: dict[str, Tensor] = {}
-    for name, tau in targets.items():
-        if name not in DESCRIPTOR_NAMES:
-            raise ValueError(
-                f"losses.py bounds_from_targets: unknown descriptor {name!r}; known: "
-                f"{DESCRIPTOR_NAMES}"
-            )
-        tau = tau.detach()
-        if not tau.is_floating_point():
-            tau = tau.float()
-        if name == "covariance":
-            diagonal = torch.diagonal(tau, dim1=-2, dim2=-1).clamp_min(0.0)
-            reference = torch.sqrt(diagonal.unsqueeze(-1) * diagonal.unsqueeze(-2))
-        else:
-            reference = tau.abs()
-        half_width = torch.clamp(
-            _per_name(relative_margin, name, DEFAULT_RELATIVE_MARGIN) * reference,
-            min=absolute.get(name, 0.0),
-        )
-        lo, up = tau - half_width, tau + half_width
-        if present is not None:
-            absent = ~present.view(*present.shape, *([1] * (tau.ndim - 2)))
-            absent = absent.expand_as(tau)
-            fill = 0.0 if name == "volume" else math.nan
-            lo = torch.where(absent, torch.full_like(lo, fill), lo)
-            up = torch.where(absent, torch.full_like(up, fill), up)
-        lower[name], upper[name] = lo, up
-    return DescriptorBounds(lower=lower, upper=upper, present=present)
 
 
 # ----------------------------------------------------------------------------------------
@@ -288,163 +136,6 @@ class ShapeLossResult:
         return sat.float().mean()
 
 
-@dataclass(frozen=True)
-class _PriorPenalty:
-    psi: Tensor  # (B, M) barrier values
-    active: Tensor  # (B, M) bool
-    satisfied: Tensor  # (B, K) bool
-    involved: Tensor  # (B, K) bool
-
-
-class _Context:
-    """What priors need: descriptor values, presence, image extent and t."""
-
-    def __init__(
-        self,
-        values: dict[str, Tensor],
-        present: Tensor,
-        spacing: Tensor,
-        extent: Tensor,
-        t: float | Tensor,
-        scale_mode: str,
-    ) -> None:
-        self.values = values
-        self.present = present  # (B, K) bool
-        self.spacing = spacing  # (B|1, D)
-        self.extent = extent  # (B|1, D)
-        self.t = t
-        self.scale_mode = scale_mode
-
-
-@dataclass(frozen=True)
-class RatioPrior:
-    """``low <= f_numerator / f_denominator <= high`` (paper 001: 2 <= L_myo / L_lv <= 3).
-
-    ``component`` selects one axis of a vector descriptor (centroid/spread); None constrains
-    every component. Infinite ``low``/``high`` make the prior one-sided. Inactive in cases
-    where either class is absent.
-    """
-
-    descriptor: str
-    numerator: int
-    denominator: int
-    low: float
-    high: float
-    component: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.descriptor not in DESCRIPTOR_NAMES:
-            raise ValueError(
-                f"losses.py RatioPrior: unknown descriptor {self.descriptor!r}; known: "
-                f"{DESCRIPTOR_NAMES}"
-            )
-        if not self.low <= self.high:
-            raise ValueError(f"losses.py RatioPrior: low={self.low} > high={self.high}")
-        if self.component is not None and self.descriptor in ("volume", "surface"):
-            raise ValueError(
-                f"losses.py RatioPrior: {self.descriptor!r} is a scalar per class; "
-                f"component={self.component} only applies to centroid/spread/covariance"
-            )
-
-    @property
-    def name(self) -> str:
-        comp = "" if self.component is None else f"_{self.component}"
-        return f"ratio_{self.descriptor}{comp}_{self.numerator}_{self.denominator}"
-
-    @property
-    def required_descriptors(self) -> tuple[str, ...]:
-        return (self.descriptor,)
-
-    def penalty(self, ctx: _Context) -> _PriorPenalty:
-        values = ctx.values[self.descriptor]
-        ratio = class_ratio(values, self.numerator, self.denominator)  # (B, ...)
-        if self.component is not None:
-            ratio = ratio[:, self.component]
-        ratio = ratio.reshape(ratio.shape[0], -1)  # (B, M)
-        both = ctx.present[:, self.numerator] & ctx.present[:, self.denominator]  # (B,)
-        finite = [v for v in (self.low, self.high) if math.isfinite(v)]
-        if not finite:
-            scale = 1.0
-        elif ctx.scale_mode == "natural":
-            scale = max(abs(sum(finite) / len(finite)), 1e-6)
-        elif len(finite) == 2:
-            scale = max((self.high - self.low) / 2, 1e-3)
-        else:
-            scale = max(DEFAULT_RELATIVE_MARGIN * abs(finite[0]), 1e-3)
-        psi_parts, act_parts = [], []
-        for bound, sign in ((self.low, -1.0), (self.high, 1.0)):
-            if not math.isfinite(bound):
-                continue
-            z = sign * (ratio - bound) / scale  # low: (low - r), high: (r - high)
-            psi_parts.append(extended_log_barrier(z, ctx.t))
-            act_parts.append(both.unsqueeze(1).expand_as(z))
-        if not psi_parts:
-            psi = ratio.new_zeros(ratio.shape[0], 0)
-            active = torch.zeros_like(psi, dtype=torch.bool)
-        else:
-            psi, active = torch.cat(psi_parts, 1), torch.cat(act_parts, 1)
-        inside = (ratio >= self.low) & (ratio <= self.high)
-        ok = (inside | ~both.unsqueeze(1)).all(dim=1)  # (B,)
-        return _prior_status(psi, active, ok, (self.numerator, self.denominator), ctx)
-
-
-@dataclass(frozen=True)
-class EqualCentroidPrior:
-    """``|C_a - C_b| <= tolerance_mm`` on every axis (paper 001: C_myo = C_lv).
-
-    Inactive in cases where either class is absent.
-    """
-
-    class_a: int
-    class_b: int
-    tolerance_mm: float
-
-    def __post_init__(self) -> None:
-        if not self.tolerance_mm >= 0:
-            raise ValueError(
-                f"losses.py EqualCentroidPrior: tolerance_mm must be >= 0, got {self.tolerance_mm}"
-            )
-
-    @property
-    def name(self) -> str:
-        return f"equal_centroid_{self.class_a}_{self.class_b}"
-
-    @property
-    def required_descriptors(self) -> tuple[str, ...]:
-        return ("centroid",)
-
-    def penalty(self, ctx: _Context) -> _PriorPenalty:
-        c = ctx.values["centroid"]
-        difference = c[:, self.class_a] - c[:, self.class_b]  # (B, D)
-        if ctx.scale_mode == "natural":
-            scale = ctx.extent  # (B|1, D)
-        else:
-            scale = torch.clamp(RESOLUTION_FLOOR * ctx.spacing, min=self.tolerance_mm)
-        z = torch.cat(
-            [(difference - self.tolerance_mm) / scale, (-difference - self.tolerance_mm) / scale],
-            dim=1,
-        )  # (B, 2D)
-        both = ctx.present[:, self.class_a] & ctx.present[:, self.class_b]
-        psi = extended_log_barrier(z, ctx.t)
-        active = both.unsqueeze(1).expand_as(z)
-        ok = (difference.abs() <= self.tolerance_mm).all(dim=1) | ~both
-        return _prior_status(psi, active, ok, (self.class_a, self.class_b), ctx)
-
-
-Prior = RatioPrior | EqualCentroidPrior
-
-
-def _prior_status(
-    psi: Tensor, active: Tensor, ok: Tensor, classes: tuple[int, int], ctx: _Context
-) -> _PriorPenalty:
-    batch, num_classes = ctx.present.shape
-    involved = torch.zeros(batch, num_classes, dtype=torch.bool, device=psi.device)
-    involved[:, list(classes)] = True
-    involved = involved & active.any(dim=1, keepdim=True)
-    satisfied = torch.where(involved, ok.unsqueeze(1), torch.ones_like(involved))
-    return _PriorPenalty(psi=psi, active=active, satisfied=satisfied, involved=involved)
-
-
 # ----------------------------------------------------------------------------------------
 # the loss
 # ----------------------------------------------------------------------------------------
@@ -467,12 +158,6 @@ def _natural_scale(name: str, lower: Tensor, upper: Tensor, extent: Tensor, ndim
     else:  # surface
         floor = SURFACE_SCALE_FRACTION * image_volume ** ((ndim - 1) / ndim)
     return torch.maximum(_midpoint(lower, upper).abs(), floor)
-
-
-# smallest half-width, in voxels (lengths) / voxel volumes / faces: finer intervals are at
-# the resolution limit, and a steeper scale lets a tight spread dominate the centroid (the
-# optimisation test converges ~2x slower with 0.05)
-RESOLUTION_FLOOR = 0.5
 
 
 def _resolution_floor(name: str, spacing: Tensor, ndim: int) -> Tensor:
@@ -655,7 +340,7 @@ def shape_descriptor_loss(
         raw_sum[name] = total
         per_case[name] = total / count.clamp_min(1.0)
 
-    ctx = _Context(vals, present, s, extent, t, scale_mode)
+    ctx = PriorContext(vals, present, s, extent, t, scale_mode)
     for prior in priors:
         pen = prior.penalty(ctx)
         psi = torch.where(pen.active, pen.psi, torch.zeros_like(pen.psi))

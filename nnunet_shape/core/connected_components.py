@@ -20,7 +20,7 @@ nnU-Net's rules, reproduced here (read from acvl_utils' ``remove_all_but_largest
 - an empty mask leaves the segmentation unchanged; removed voxels become ``background_label``.
 
 No nnU-Net import here: this is a core module. The folder-level commands live in
-``nnunet_shape.postprocessing_cli``.
+``nnunet_shape.nnunet.postprocessing``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ largest connected component(s) with skimage. Here, per case:
    region-based models, ``sigmoid > 0.5`` painted in ``regions_class_order`` — nnU-Net's
    ``LabelManager.convert_logits_to_segmentation`` conventions, without the softmax;
 3. the functions of a ``postprocessing.pkl`` on the device
-   (:func:`nnunet_shape.postprocessing.postprocess_logits_argmax`, our largest-component
+   (:func:`nnunet_shape.core.connected_components.postprocess_logits_argmax`, our largest-component
    implementation in place of nnU-Net's);
 4. one ``.cpu()`` of the label map (uint8, or int16 beyond 255 labels) — the only host transfer of
    a volume;
@@ -69,7 +69,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nnunet_shape.postprocessing import Backend, postprocess_logits_argmax
+from nnunet_shape.core.connected_components import Backend, postprocess_logits_argmax
 
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 

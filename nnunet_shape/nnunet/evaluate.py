@@ -5,7 +5,7 @@ For a folder of predicted segmentations and the matching reference folder this c
 * nnU-Net's metrics through ``nnunetv2.evaluation.evaluate_predictions.
   compute_metrics_on_folder`` (Dice, IoU, TP/FP/FN/TN, n_pred, n_ref; Dice NaN when a class is
   absent from both reference and prediction, exactly as nnU-Net), and
-* shape-descriptor errors per class from :func:`nnunet_shape.descriptors.compute_descriptors`
+* shape-descriptor errors per class from :func:`nnunet_shape.core.descriptors.compute_descriptors`
   (physical units from the spacing the nnU-Net reader reports for each reference file):
 
   ======================== =================================================================
@@ -77,7 +77,7 @@ def _class_descriptors(mask: np.ndarray, spacing: Sequence[float]) -> tuple[floa
     """Volume (mm^3) and centroid (mm, origin at the first voxel) of a binary mask (*S)."""
     import torch
 
-    from nnunet_shape.descriptors import compute_descriptors
+    from nnunet_shape.core.descriptors import compute_descriptors
 
     # float64 keeps voxel counts and first moments exact for any realistic scan size
     probs = torch.from_numpy(mask.astype(np.float64, copy=False))[None, None]

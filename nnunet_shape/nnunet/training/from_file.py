@@ -5,7 +5,7 @@ docs/descriptor-json.md) from the raw dataset folder, or from the folder named b
 environment variable ``nnUNetShape_descriptors``. The files describe the *raw* image; the
 network sees the *preprocessed* case (transposed, cropped, resampled), placed in the whole-scan
 patch and augmented. So the targets go through the same maps, analytically
-(:mod:`nnunet_shape.geometry`):
+(:mod:`nnunet_shape.core.geometry`):
 
 raw file -> preprocessed frame (once per case) -> centred placement in the loader's patch ->
 the spatial transform's affine (rotation, scaling; recorded per sample) -> mirroring.
@@ -30,11 +30,11 @@ from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from nnunetv2.paths import nnUNet_raw
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_shape.descriptor_io import case_targets_array_frame, load_descriptor_folder
-from nnunet_shape.geometry import IndexAffine, raw_to_preprocessed_targets, training_patch_affine, transform_targets
-from nnunet_shape.losses import DescriptorBounds, bounds_from_targets
-from nnunet_shape.training.shape_trainers import LENGTH_VARIANTS, _length_variant, nnUNetTrainerShapeDescriptors
-from nnunet_shape.training.whole_scan import WholeCaseDataLoader, load_preprocessed_image
+from nnunet_shape.descriptor_files.read import case_targets_array_frame, load_descriptor_folder
+from nnunet_shape.core.geometry import IndexAffine, raw_to_preprocessed_targets, training_patch_affine, transform_targets
+from nnunet_shape.core.losses import DescriptorBounds, bounds_from_targets
+from nnunet_shape.nnunet.training.shape_trainers import LENGTH_VARIANTS, _length_variant, nnUNetTrainerShapeDescriptors
+from nnunet_shape.nnunet.training.whole_scan import WholeCaseDataLoader, load_preprocessed_image
 
 #: environment variable naming the descriptor folder (default: nnUNet_raw/<dataset>/descriptorsTr)
 DESCRIPTORS_ENV = "nnUNetShape_descriptors"
@@ -150,7 +150,7 @@ class LabelFreeDataset:
 def descriptor_agreement(targets: dict, predicted_folder: str, dataset_json: dict) -> dict:
     """Relative volume error and centroid distance (mm) of predicted descriptor files against the
     target files, per case and class, with the mean per class (classes with an exact target only)."""
-    from nnunet_shape.descriptor_io import load_descriptor_folder
+    from nnunet_shape.descriptor_files.read import load_descriptor_folder
 
     predicted = load_descriptor_folder(predicted_folder, dataset_json)
     per_case: dict[str, dict] = {}
@@ -323,8 +323,8 @@ class nnUNetTrainerShapeDescriptorsFromFile(nnUNetTrainerShapeDescriptors):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p
 
-        from descriptor_export.export import export_files
-        from nnunet_shape.descriptor_io import write_json_atomic
+        from nnunet_shape.descriptor_files.export import export_files
+        from nnunet_shape.descriptor_files.read import write_json_atomic
 
         self.set_deep_supervision_enabled(False)
         self.network.eval()

@@ -684,7 +684,7 @@ def write_phantom_dataset(
         file_ending=".nii.gz",
         dataset_name=name,
         description=(
-            "Synthetic sagittal DESS-like knee MR phantoms (nnunet_shape.phantoms): femur, "
+            "Synthetic sagittal DESS-like knee MR phantoms (nnunet_shape.demo.phantoms): femur, "
             "femoral cartilage, tibia, tibial cartilage (two compartments, one label)."
         ),
         reference="nnunet-shape synthetic phantom generator",
@@ -692,7 +692,7 @@ def write_phantom_dataset(
         converted_by="nnunet-shape phantoms",
     )
     parameters = {
-        "generator": "nnunet_shape.phantoms",
+        "generator": "nnunet_shape.demo.phantoms",
         "seed": seed,
         "shape_zyx": list(shape),
         "spacing_zyx_mm": list(spacing),
