@@ -22,9 +22,10 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -75,11 +76,11 @@ class Timing:
         """(max - min) / median: how noisy the runs were (0 = identical runs)."""
         return (max(self.samples) - min(self.samples)) / self.median if self.median > 0 else 0.0
 
-    def ratio_to(self, baseline: "Timing") -> float:
+    def ratio_to(self, baseline: Timing) -> float:
         """Median of this variant divided by the baseline's median."""
         return self.median / baseline.median
 
-    def cpu(self) -> "Timing":
+    def cpu(self) -> Timing:
         """The CPU-time samples as a Timing of their own (for :func:`paired_ratio` etc.)."""
         if not self.cpu_samples:
             raise ValueError("benchmarks/common.py Timing.cpu: no CPU-time samples were recorded")

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (format_ratio, format_seconds, machine_info, machine_markdown,  # noqa: E402
-                    markdown_table, time_interleaved)
+from common import format_ratio, format_seconds, machine_info, machine_markdown, markdown_table, time_interleaved  # noqa: E402
 
-from nnunet_shape.core.connected_components import (cucim_available,  # noqa: E402
-                                         remove_all_but_largest_component_from_segmentation as ours)
+from nnunet_shape.core.connected_components import cucim_available  # noqa: E402
+from nnunet_shape.core.connected_components import remove_all_but_largest_component_from_segmentation as ours
 
 TARGET_SPEEDUP = 5.0  # issue 5: the CPU path at least 5x faster than nnU-Net's
 DEFAULT_SIZES: tuple[tuple[int, int, int], ...] = ((64, 64, 64), (128, 128, 128), (160, 384, 384))
@@ -78,14 +77,16 @@ def run(sizes: Sequence[Sequence[int]] = DEFAULT_SIZES, device: str = "cpu", n_c
     """Time one case per size and backend; one dict per (size, variant) row.
 
     Protocol of ``benchmarks/common.py``: nnU-Net and cc3d timed interleaved (torch/cucim right
-    after them, see below), median reported, ratios to nnU-Net's time in the same run. ``repeats`` None: 3 timed runs (after 1 warm-up) below 10 M
+    after them, see below), median reported, ratios to nnU-Net's time in the same run.
+    ``repeats`` None: 3 timed runs (after 1 warm-up) below 10 M
     voxels, 1 (no warm-up: the smaller sizes already warmed everything up) above. ``backends``
     None: cc3d and torch on CPU; torch (and cucim when installed) on CUDA. Each row: ``size``,
     ``variant``, ``device``, ``seconds`` (median), ``spread``, ``speedup`` (nnU-Net / this),
     ``identical`` (output equals nnU-Net's, voxel for voxel), ``target`` / ``met`` on the cc3d row.
     """
     from nnunetv2.postprocessing.remove_connected_components import (
-        remove_all_but_largest_component_from_segmentation as nnunet_function)
+        remove_all_but_largest_component_from_segmentation as nnunet_function,
+    )
 
     torch_device = torch.device(device)
     if backends is None:

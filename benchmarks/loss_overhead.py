@@ -31,7 +31,8 @@ loss alone. The verdict uses ``(N + descriptor loss) / (N + DC+CE loss)``: the n
 backward and SGD step do the same work whatever the loss, so the step difference is the loss
 difference, and the short loss-only passes can be repeated often. The whole-step ratios (paired
 per round, and in process CPU time) are printed too; on an idle machine they agree, on a shared
-one their run-to-run spread (tens of %) is far larger than the 5 % target. Variants are timed interleaved, median of ``repeats`` after
+one their run-to-run spread (tens of %) is far larger than the 5 % target. Variants are
+timed interleaved, median of ``repeats`` after
 ``warmup`` (see ``benchmarks/common.py``); ``--profile`` prints a torch.profiler table of one
 descriptor-loss forward + backward.
 
@@ -43,8 +44,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,8 +54,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (format_ratio, format_seconds, markdown_table, paired_ratio,  # noqa: E402
-                    plain_conv_unet_kwargs, time_interleaved)
+from common import format_ratio, format_seconds, markdown_table, paired_ratio, plain_conv_unet_kwargs, time_interleaved  # noqa: E402
 
 from nnunet_shape.core.losses import ShapeDescriptorLoss  # noqa: E402
 from nnunet_shape.network.std_exp import STDEXPNet  # noqa: E402

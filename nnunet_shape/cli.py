@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 # the folder nnUNet_extTrainer points at: re-export modules only (see its __init__)
 TRAINERS_PACKAGE = "nnunet_shape.nnunet.trainers"

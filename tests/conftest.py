@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from e2e_helpers import nnunet_env, run_cli, write_tiny_dataset
 
 

@@ -10,21 +10,37 @@ import math
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from nnunet_shape.demo import run as demo
-from nnunet_shape.demo.run import (SETTINGS, TableRow, chance_dice, descriptor_value_count, format_dice_table,
-                               format_descriptor_error_table, is_console_line,
-                               keep_largest_component_per_label, ordering_verdict, parse_progress,
-                               phantom_spacing, postprocess_folder, table_rows, voxel_annotation_count,
-                               write_table_csv)
-from nnunet_shape.demo.overlays import (CLASS_COLOURS, class_colours, colourise, mid_slice, most_labelled_slice,
-                                   save_overlay_figure)
-
+from nnunet_shape.demo.overlays import (
+    CLASS_COLOURS,
+    class_colours,
+    colourise,
+    mid_slice,
+    most_labelled_slice,
+    save_overlay_figure,
+)
+from nnunet_shape.demo.run import (
+    SETTINGS,
+    TableRow,
+    chance_dice,
+    descriptor_value_count,
+    format_descriptor_error_table,
+    format_dice_table,
+    is_console_line,
+    keep_largest_component_per_label,
+    ordering_verdict,
+    parse_progress,
+    phantom_spacing,
+    postprocess_folder,
+    table_rows,
+    voxel_annotation_count,
+    write_table_csv,
+)
 
 # ------------------------------------------------------------------------------------------------
 # counting annotations
@@ -148,7 +164,8 @@ def test_chance_dice_matches_random_labelling(fraction):
 def _three_summaries() -> dict:
     return {
         ("full_supervision", "largest_component"): _summary(
-            {1: [0.983, 0.983], 2: [0.88, 0.88], 3: [0.984, 0.984], 4: [0.846, 0.846]}, {l: [1, 1] for l in (1, 2, 3, 4)}),
+            {1: [0.983, 0.983], 2: [0.88, 0.88], 3: [0.984, 0.984], 4: [0.846, 0.846]},
+            {l: [1, 1] for l in (1, 2, 3, 4)}),
         ("vc", "largest_component"): _summary(
             {1: [0.5, 0.7], 2: [0.4, 0.4], 3: [0.7, 0.7], 4: [0.3, 0.3]}, {l: [1, 1] for l in (1, 2, 3, 4)}),
         ("vcd", "largest_component"): _summary(
@@ -175,7 +192,8 @@ def test_table_rows_and_markdown_table():
                         "| # annotations per case |")
     assert lines[2] == "| Full supervision | 92.3 | 98.3 ± 0.0 | 88.0 ± 0.0 | 98.4 ± 0.0 | 84.6 ± 0.0 | 73,728 voxels |"
     assert lines[3] == "| V+C | 50.0 | 60.0 ± 10.0 | 40.0 ± 0.0 | 70.0 ± 0.0 | 30.0 ± 0.0 | 16 descriptor values |"
-    assert lines[5].startswith("| Chance (random voxels at the true class frequencies) | 5.5 | 10.0 | 2.0 | 10.0 | 0.0 |")
+    assert lines[5].startswith("| Chance (random voxels at the true class frequencies) | 5.5 | 10.0 | 2.0 | 10.0 "
+                               "| 0.0 |")
     with pytest.raises(ValueError, match="raw"):
         format_dice_table(rows, "raw")
 
@@ -422,7 +440,8 @@ def test_demo_smoke_run(tmp_path):
         assert len(raw_files) == 2
         for raw_file in raw_files:
             raw = sitk.GetArrayFromImage(sitk.ReadImage(str(raw_file)))
-            kept = sitk.GetArrayFromImage(sitk.ReadImage(str(raw_file.parent.parent / "largest_component" / raw_file.name)))
+            kept_file = raw_file.parent.parent / "largest_component" / raw_file.name
+            kept = sitk.GetArrayFromImage(sitk.ReadImage(str(kept_file)))
             assert raw.shape == shape
             assert np.all((kept == raw) | (kept == 0))
             for label in (1, 2, 3, 4):

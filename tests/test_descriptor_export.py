@@ -12,9 +12,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from nnunet_shape.core import descriptors as core
 from nnunet_shape.descriptor_files import export as exporter
 from nnunet_shape.descriptor_files.cli import main as cli_main
-from nnunet_shape.core import descriptors as core
 from nnunet_shape.descriptor_files.read import load_case_descriptors, load_descriptor_folder
 
 LABELS = {"background": 0, "femur": 1, "tibia": 2, "patella": 3}
@@ -61,7 +61,8 @@ def make_raw_dataset(root: Path, cases: dict[str, np.ndarray], labels=LABELS, sp
 
 @pytest.fixture
 def raw_dataset(tmp_path, monkeypatch):
-    folder = make_raw_dataset(tmp_path, {"knee_000": knee_labels(seed=0), "knee_001": knee_labels(seed=1, patella=False)})
+    cases = {"knee_000": knee_labels(seed=0), "knee_001": knee_labels(seed=1, patella=False)}
+    folder = make_raw_dataset(tmp_path, cases)
     monkeypatch.setenv("nnUNet_raw", str(folder.parent))
     return folder
 
@@ -278,7 +279,8 @@ def test_changed_labels_in_dataset_json_invalidate_the_export(raw_dataset):
     (raw_dataset / "dataset.json").write_text(json.dumps(dataset_json))
     report = exporter.export_dataset("701", num_processes=1)
     assert report.computed == ["knee_000", "knee_001"]
-    assert json.loads((raw_dataset / "descriptorsTr" / "knee_000.json").read_text())["classes"]["meniscus"]["voxels"] == 0
+    written = json.loads((raw_dataset / "descriptorsTr" / "knee_000.json").read_text())
+    assert written["classes"]["meniscus"]["voxels"] == 0
 
 
 def test_worker_processes_give_the_same_files(raw_dataset, tmp_path):

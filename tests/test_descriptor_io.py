@@ -14,8 +14,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_shape.descriptor_files import export as exporter
 from nnunet_shape.core import descriptors as core
+from nnunet_shape.descriptor_files import export as exporter
 from nnunet_shape.descriptor_files.read import (
     SCHEMA_ID,
     CaseDescriptors,
@@ -45,7 +45,8 @@ def label_map() -> np.ndarray:
 def measured_case(case_id: str = "knee_007") -> dict:
     """A valid measured v1 object made by the exporter in memory."""
     geometry = exporter.Geometry(shape=(6, 9, 7), spacing_mm=SPACING_ZYX, axis_order=("z", "y", "x"),
-                                 origin_mm=(1.0, 2.0, 3.0), direction=((0.0, 1.0, 0.0), (-1.0, 0.0, 0.0), (0.0, 0.0, 1.0)),
+                                 origin_mm=(1.0, 2.0, 3.0),
+                                 direction=((0.0, 1.0, 0.0), (-1.0, 0.0, 0.0), (0.0, 0.0, 1.0)),
                                  world_frame="ITK-LPS")
     specs = class_specs_from_dataset_json(DATASET_JSON)
     source = {"file": "/data/labelsTr/knee_007.nii.gz", "size_bytes": 1, "mtime_ns": 1, "reader": "SimpleITKIO"}
@@ -216,7 +217,8 @@ def test_prior_mixes_values_bounds_and_missing_sides_per_field(tmp_path):
     prior.update({"spacing_mm": [2.0, 0.5, 0.5], "origin_mm": [10.0, 20.0, 30.0],
                   "direction": [[-1, 0, 0], [0, 1, 0], [0, 0, 1]]})
     prior["classes"]["femur"].update({"centroid_mm": [40.0, None, 12.5], "spread_mm": {"max": 20},
-                                      "covariance_mm2": {"max": [[100, None, None], [None, 50, None], [None, None, 25]]}})
+                                      "covariance_mm2": {"max": [[100, None, None], [None, 50, None],
+                                                                  [None, None, 25]]}})
     prior["classes"]["tibia"] = {"volume_mm3": 1500.0, "centroid_voxel": {"min": [10, None, 4]},
                                  "surface_mm2": {"min": 300}}
     prior["classes"]["patella"] = {"voxels": 0}
@@ -266,7 +268,8 @@ PRIOR_ERRORS = {
     "unknown class": ({"fibula": {"volume_mm3": 1.0}}, "$.classes.fibula", "does not match dataset.json"),
     "inconsistent vectors": ({"femur": {"centroid_mm": [1, 2, 3]}, "tibia": {"spread_mm": {"max": [1, 2]}}},
                              "$.classes.tibia.spread_mm", "wrong dimensionality"),
-    "world centroid without geometry": ({"femur": {"centroid_world_mm": [1, 2, 3]}}, "$.classes.femur.centroid_world_mm",
+    "world centroid without geometry": ({"femur": {"centroid_world_mm": [1, 2, 3]}},
+                                        "$.classes.femur.centroid_world_mm",
                                         "needs origin_mm and direction"),
 }
 

@@ -144,7 +144,7 @@ def test_spacing_forms_agree(spacing):
 
 @pytest.mark.parametrize("spacing", [(1.0, 2.0), torch.ones(3, 3), torch.ones(2, 2, 3)])
 def test_bad_spacing_names_the_problem(spacing):
-    with pytest.raises(ValueError, match="descriptors.py .*spacing"):
+    with pytest.raises(ValueError, match="spacing"):
         d.moments(torch.rand(2, 2, 3, 4, 5), spacing)
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from e2e_helpers import make_trainer, run_cli, train_env
+
 from nnunet_shape.core.descriptors import descriptors_from_labels
 from nnunet_shape.nnunet.label_free import PLACEHOLDER_FLAG, PlaceholderLabelsError, write_placeholder_labels
 from nnunet_shape.nnunet.training.from_file import (
@@ -40,9 +40,11 @@ def _augmenting_loader(trainer, force: dict) -> FromFileDataLoader:
     """A training loader on the REAL dataset (labels included, to check against) with the
     trainer's transforms, where the spatial transform always rotates / scales as ``force`` says."""
     from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+
     from nnunet_shape.nnunet.training.from_file import _walk
 
-    (rotation, dummy_2d, initial_patch, mirror_axes) = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    configured = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    (rotation, dummy_2d, initial_patch, mirror_axes) = configured
     transforms = trainer.get_training_transforms(
         trainer.configuration_manager.patch_size, rotation, None, mirror_axes, dummy_2d,
         use_mask_for_norm=trainer.configuration_manager.use_mask_for_norm, is_cascaded=False,

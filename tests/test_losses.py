@@ -100,7 +100,7 @@ def test_absent_classes_only_keep_volume_zero():
 
 
 def test_bounds_validation_names_the_problem():
-    with pytest.raises(ValueError, match="losses.py.*unknown descriptor"):
+    with pytest.raises(ValueError, match="bounds_from_targets: unknown descriptor"):
         bounds_from_targets({"perimeter": torch.ones(1, 2)})
     with pytest.raises(ValueError, match="only one of lower/upper"):
         DescriptorBounds(lower={"volume": torch.ones(1, 2)}, upper={})

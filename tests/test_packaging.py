@@ -63,7 +63,8 @@ def test_trainers_dir_of_a_wheel_install_is_found_by_nnunet(installed_wheel):
     completed = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
                                cwd=site, timeout=300)
     assert completed.returncode == 0, completed.stderr[-4000:]
-    found = dict(line.split(" ", 1) for line in completed.stdout.splitlines() if line.startswith(("FOLDER ", "MODULE ")))
+    lines = completed.stdout.splitlines()
+    found = dict(line.split(" ", 1) for line in lines if line.startswith(("FOLDER ", "MODULE ")))
     folder, module = found["FOLDER"], found["MODULE"]
     assert Path(folder) == site / "nnunet_shape" / "nnunet" / "trainers"
     assert Path(folder, "shape_descriptor_trainers.py").is_file()

@@ -11,17 +11,21 @@ from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from types import SimpleNamespace
 
+import cc3d
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 from nnunetv2.postprocessing.remove_connected_components import (
     apply_postprocessing as nnunet_apply_postprocessing,
+)
+from nnunetv2.postprocessing.remove_connected_components import (
     determine_postprocessing as nnunet_determine_postprocessing,
+)
+from nnunetv2.postprocessing.remove_connected_components import (
     remove_all_but_largest_component_from_segmentation as nnunet_lcc,
 )
 
-import cc3d
 from nnunet_shape.core.connected_components import (
     RemoveAllButLargestComponent,
     is_largest_component_function,
@@ -29,6 +33,8 @@ from nnunet_shape.core.connected_components import (
     largest_component_mask,
     neighbourhood_max,
     postprocess_logits_argmax,
+)
+from nnunet_shape.core.connected_components import (
     remove_all_but_largest_component_from_segmentation as ours,
 )
 
@@ -444,11 +450,11 @@ def _read(path: Path) -> np.ndarray:
 @pytest.mark.parametrize("backend", ["auto", "torch"])  # host arrays + cc3d, or tensors + torch labeller
 def test_determine_equals_nnunet_determine(tmp_path, monkeypatch, labels, regions_class_order, expected_steps,
                                            backend):
-    from nnunetv2.evaluation.evaluate_predictions import load_summary_json
-    from nnunet_shape.nnunet.postprocessing import determine_postprocessing_on_device
-
     import nnunetv2.evaluation.evaluate_predictions as nnunet_evaluation
     import nnunetv2.postprocessing.remove_connected_components as nnunet_postprocessing
+    from nnunetv2.evaluation.evaluate_predictions import load_summary_json
+
+    from nnunet_shape.nnunet.postprocessing import determine_postprocessing_on_device
 
     # nnU-Net's own code, but its spawn pools as thread pools: every pool would re-import nnU-Net
     # in fresh processes (~40 s here); the decision logic under test is the same
@@ -489,6 +495,7 @@ def test_determine_equals_nnunet_determine(tmp_path, monkeypatch, labels, region
 
 def test_our_pkl_is_applied_by_nnunets_console_script(tmp_path):
     from batchgenerators.utilities.file_and_folder_operations import load_pickle
+
     from nnunet_shape.cli import main as nnunet_shape_main
 
     predictions, references = write_cross_validation_folders(

@@ -15,19 +15,29 @@ import pytest
 import SimpleITK as sitk
 import torch
 from batchgenerators.utilities.file_and_folder_operations import save_pickle
-from nnunetv2.inference.export_prediction import (convert_predicted_logits_to_segmentation_with_correct_shape,
-                                                  export_prediction_from_logits)
+from e2e_helpers import run_cli, train_env
+from nnunetv2.inference.export_prediction import (
+    convert_predicted_logits_to_segmentation_with_correct_shape,
+    export_prediction_from_logits,
+)
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.postprocessing.remove_connected_components import (
     apply_postprocessing as nnunet_apply_postprocessing,
+)
+from nnunetv2.postprocessing.remove_connected_components import (
     remove_all_but_largest_component_from_segmentation as nnunet_lcc,
 )
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from e2e_helpers import run_cli, train_env
-from nnunet_shape.nnunet.predict import (ShapePredictor, export_label_map, find_postprocessing_file, label_dtype,
-                                  label_map_to_original_geometry, labels_from_logits)
+from nnunet_shape.nnunet.predict import (
+    ShapePredictor,
+    export_label_map,
+    find_postprocessing_file,
+    label_dtype,
+    label_map_to_original_geometry,
+    labels_from_logits,
+)
 
 DATASET = "Dataset701_Tiny"
 TRAINER = "nnUNetTrainerShapeFullSupervision_debug"
@@ -47,7 +57,7 @@ def test_label_dtype_is_the_smallest_that_holds_the_labels(max_label, dtype):
 
 
 def test_label_dtype_rejects_negative_labels():
-    with pytest.raises(ValueError, match="predict.py"):
+    with pytest.raises(ValueError, match="labels must be >= 0"):
         label_dtype(-1)
 
 
@@ -87,7 +97,7 @@ def test_regions_equal_nnunets_label_manager():
 
 
 def test_labels_from_logits_rejects_bad_shapes():
-    with pytest.raises(ValueError, match="predict.py"):
+    with pytest.raises(ValueError, match=r"logits must be \(K, X, Y\) or \(K, X, Y, Z\)"):
         labels_from_logits(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="regions_class_order"):
         labels_from_logits(torch.zeros(2, 3, 3), regions_class_order=[1, 2, 3])

@@ -10,9 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
-
 from e2e_helpers import run_cli, train_env
 
 DATASET = "Dataset701_Tiny"
@@ -22,7 +20,8 @@ def preprocessed_shapes(root: Path, identifier: str) -> list[tuple[int, ...]]:
     import blosc2
 
     folder = root / "nnUNet_preprocessed" / DATASET / identifier
-    return [tuple(blosc2.open(str(f)).shape[1:]) for f in sorted(folder.glob("*.b2nd")) if not f.name.endswith("_seg.b2nd")]
+    images = [f for f in sorted(folder.glob("*.b2nd")) if not f.name.endswith("_seg.b2nd")]
+    return [tuple(blosc2.open(str(f)).shape[1:]) for f in images]
 
 
 def train_and_predict(root: Path, env: dict, configuration: str, trainer: str) -> tuple[Path, str]:

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from e2e_helpers import make_trainer
+
+from nnunet_shape.nnunet.training.from_file import _walk as walk_transforms
 from nnunet_shape.nnunet.training.shape_trainers import (
     TRAINER_NAMES,
     nnUNetTrainerShapeDescriptors,
     nnUNetTrainerShapeDescriptorsGrowingT,
     preprocessed_spacing,
 )
-from nnunet_shape.nnunet.training.from_file import _walk as walk_transforms
 from nnunet_shape.nnunet.training.whole_scan import (
     MIRROR_AXES_ENV,
     WholeCaseDataLoader,
@@ -82,6 +82,7 @@ def test_preprocessed_spacing_is_extent_over_shape():
 
 def test_every_trainer_variant_is_exported_from_the_trainers_folder():
     import importlib.util
+
     from nnunet_shape.cli import trainers_directory
 
     spec = importlib.util.spec_from_file_location(

@@ -43,7 +43,7 @@ def extended_log_barrier(z: Tensor, t: float | Tensor) -> Tensor:
     tc = t.to(device=z.device, dtype=compute) if isinstance(t, Tensor) else float(t)
     if isinstance(tc, float):
         if not (tc > 0.0 and math.isfinite(tc)):
-            raise ValueError(f"barrier.py extended_log_barrier: t must be a finite t > 0, got {t}")
+            raise ValueError(f"extended_log_barrier: t must be a finite t > 0, got {t}")
         threshold = -1.0 / (tc * tc)
         # -(1/t) log(1/t^2) + 1/t  == (2 log t + 1) / t
         offset = (2.0 * math.log(tc) + 1.0) / tc
@@ -82,11 +82,11 @@ class BarrierSchedule:
 
     def __init__(self, t0: float = 5.0, factor: float = 1.0, t_max: float | None = None) -> None:
         if not (t0 > 0 and math.isfinite(t0)):
-            raise ValueError(f"barrier.py BarrierSchedule: t0 must be finite and > 0, got {t0}")
+            raise ValueError(f"BarrierSchedule: t0 must be finite and > 0, got {t0}")
         if not factor > 0:
-            raise ValueError(f"barrier.py BarrierSchedule: factor must be > 0, got {factor}")
+            raise ValueError(f"BarrierSchedule: factor must be > 0, got {factor}")
         if t_max is not None and not t_max > 0:
-            raise ValueError(f"barrier.py BarrierSchedule: t_max must be > 0 or None, got {t_max}")
+            raise ValueError(f"BarrierSchedule: t_max must be > 0 or None, got {t_max}")
         self.t0 = float(t0)
         self.factor = float(factor)
         self.t_max = None if t_max is None else float(t_max)
@@ -132,7 +132,7 @@ class BarrierSchedule:
         missing = {"t", "t0", "factor", "t_max"} - set(state)
         if missing:
             raise KeyError(
-                f"barrier.py BarrierSchedule.load_state_dict: missing keys {sorted(missing)}"
+                f"BarrierSchedule.load_state_dict: missing keys {sorted(missing)}"
             )
         self.t0 = float(state["t0"])
         self.factor = float(state["factor"])

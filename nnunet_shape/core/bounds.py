@@ -42,7 +42,7 @@ def descriptor_shape(name: str, batch: int, classes: int, ndim: int) -> tuple[in
         return (batch, classes, ndim)
     if name == "covariance":
         return (batch, classes, ndim, ndim)
-    raise ValueError(f"losses.py: unknown descriptor {name!r}; known: {DESCRIPTOR_NAMES}")
+    raise ValueError(f"unknown descriptor {name!r}; known: {DESCRIPTOR_NAMES}")
 
 
 @dataclass
@@ -63,17 +63,17 @@ class DescriptorBounds:
         for name in set(self.lower) | set(self.upper):
             if name not in DESCRIPTOR_NAMES:
                 raise ValueError(
-                    f"losses.py DescriptorBounds: unknown descriptor {name!r}; known: "
+                    f"DescriptorBounds: unknown descriptor {name!r}; known: "
                     f"{DESCRIPTOR_NAMES}"
                 )
             if (name in self.lower) != (name in self.upper):
                 raise ValueError(
-                    f"losses.py DescriptorBounds: {name!r} has only one of lower/upper; give "
+                    f"DescriptorBounds: {name!r} has only one of lower/upper; give "
                     f"both (NaN for an unconstrained side)"
                 )
             if self.lower[name].shape != self.upper[name].shape:
                 raise ValueError(
-                    f"losses.py DescriptorBounds: {name!r} lower {tuple(self.lower[name].shape)}"
+                    f"DescriptorBounds: {name!r} lower {tuple(self.lower[name].shape)}"
                     f" and upper {tuple(self.upper[name].shape)} differ in shape"
                 )
 
@@ -159,7 +159,7 @@ def bounds_from_targets(
     for name, tau in targets.items():
         if name not in DESCRIPTOR_NAMES:
             raise ValueError(
-                f"losses.py bounds_from_targets: unknown descriptor {name!r}; known: "
+                f"bounds_from_targets: unknown descriptor {name!r}; known: "
                 f"{DESCRIPTOR_NAMES}"
             )
         tau = tau.detach()

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from typing import Callable, Literal, Sequence, TypeVar, Union
+from collections.abc import Callable, Sequence
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -35,8 +36,8 @@ from torch import Tensor, nn
 
 Connectivity = Literal[4, 8, 6, 18, 26]
 Backend = Literal["auto", "torch", "cc3d", "cucim"]
-LabelOrRegion = Union[int, Sequence[int]]
-LabelsOrRegions = Union[LabelOrRegion, list]
+LabelOrRegion = int | Sequence[int]
+LabelsOrRegions = LabelOrRegion | list
 ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, Tensor)
 
 _VALID_CONNECTIVITY: dict[int, tuple[int, ...]] = {2: (4, 8), 3: (6, 18, 26)}
@@ -57,19 +58,19 @@ def resolve_connectivity(ndim: int, connectivity: int | None) -> int:
     2D: 4 (edges) or 8 (edges and corners); 3D: 6 (faces), 18 (faces, edges) or 26 (all).
     """
     if ndim not in _VALID_CONNECTIVITY:
-        raise ValueError(f"nnunet_shape/postprocessing.py: connected components need a 2D or 3D array, "
+        raise ValueError(f"connected components need a 2D or 3D array, "
                          f"got {ndim} dimensions")
     if connectivity is None:
         return _FULL_CONNECTIVITY[ndim]
     if connectivity not in _VALID_CONNECTIVITY[ndim]:
-        raise ValueError(f"nnunet_shape/postprocessing.py: connectivity {connectivity} is not valid for a "
+        raise ValueError(f"connectivity {connectivity} is not valid for a "
                          f"{ndim}D array; use one of {_VALID_CONNECTIVITY[ndim]}")
     return int(connectivity)
 
 
 def _check_backend(backend: str) -> None:
     if backend not in _BACKENDS:
-        raise ValueError(f"nnunet_shape/postprocessing.py: unknown backend {backend!r}; use one of {_BACKENDS}")
+        raise ValueError(f"unknown backend {backend!r}; use one of {_BACKENDS}")
 
 
 def cucim_available() -> bool:
@@ -168,7 +169,7 @@ def label_components_torch(mask: Tensor, connectivity: int | None = None, *,
     int64); both are tested on CPU.
     """
     if mask.dtype != torch.bool:
-        raise TypeError(f"nnunet_shape/postprocessing.py: label_components_torch needs a bool mask, "
+        raise TypeError(f"label_components_torch needs a bool mask, "
                         f"got {mask.dtype}")
     connectivity = resolve_connectivity(mask.ndim, connectivity)
     n_voxels = mask.numel()
@@ -176,7 +177,7 @@ def label_components_torch(mask: Tensor, connectivity: int | None = None, *,
         fits_int32 = n_voxels < torch.iinfo(torch.int32).max
         label_dtype = torch.int32 if (mask.device.type == "cpu" and fits_int32) else torch.int64
     if label_dtype == torch.int32 and n_voxels >= torch.iinfo(torch.int32).max:
-        raise ValueError(f"nnunet_shape/postprocessing.py: {n_voxels} voxels do not fit int32 labels")
+        raise ValueError(f"{n_voxels} voxels do not fit int32 labels")
 
     mask = mask.contiguous()
     flat_mask = mask.view(-1)
@@ -283,19 +284,19 @@ def _removal(mask: ArrayOrTensor, connectivity: int | None, backend: str) -> tup
     if isinstance(mask, np.ndarray):
         backend = _resolve_backend(backend, None)
         if backend == "cucim":
-            raise ValueError("nnunet_shape/postprocessing.py: backend 'cucim' needs a CUDA tensor, "
+            raise ValueError("backend 'cucim' needs a CUDA tensor, "
                              "got a numpy array")
     elif isinstance(mask, Tensor):
         backend = _resolve_backend(backend, mask.device)
         if backend == "cucim":
             if mask.device.type != "cuda":
-                raise ValueError(f"nnunet_shape/postprocessing.py: backend 'cucim' needs a CUDA tensor, "
+                raise ValueError(f"backend 'cucim' needs a CUDA tensor, "
                                  f"got one on {mask.device}")
             if not cucim_available():
-                raise ImportError("nnunet_shape/postprocessing.py: backend 'cucim' needs the optional extra: "
+                raise ImportError("backend 'cucim' needs the optional extra: "
                                   "pip install 'nnunet-shape[gpu]' (cucim-cu12 and cupy)")
     else:
-        raise TypeError(f"nnunet_shape/postprocessing.py: expected a numpy array or a torch tensor, "
+        raise TypeError(f"expected a numpy array or a torch tensor, "
                         f"got {type(mask).__name__}")
     box = _bounding_box(mask)
     if box is None:
@@ -324,7 +325,7 @@ def largest_component_mask(mask: ArrayOrTensor, connectivity: Connectivity | Non
     """
     _check_backend(backend)
     if mask.dtype not in (np.bool_, torch.bool):
-        raise TypeError(f"nnunet_shape/postprocessing.py: largest_component_mask needs a bool mask, "
+        raise TypeError(f"largest_component_mask needs a bool mask, "
                         f"got {mask.dtype}")
     kept = mask.clone() if isinstance(mask, Tensor) else np.copy(mask)
     removal = _removal(mask, connectivity, backend)
@@ -414,7 +415,7 @@ def remove_all_but_largest_component_from_segmentation(
             box, removed = removal
             result[box][removed] = background_label
         return result
-    raise TypeError(f"nnunet_shape/postprocessing.py: segmentation must be a numpy array or a torch tensor, "
+    raise TypeError(f"segmentation must be a numpy array or a torch tensor, "
                     f"got {type(segmentation).__name__}")
 
 
@@ -459,7 +460,7 @@ def postprocess_logits_argmax(segmentation_tensor: Tensor, pp_fns: Sequence[Call
     then makes a host round trip, with a warning. Returns a new tensor (same dtype and device).
     """
     if len(pp_fns) != len(pp_fn_kwargs):
-        raise ValueError(f"nnunet_shape/postprocessing.py: {len(pp_fns)} postprocessing functions but "
+        raise ValueError(f"{len(pp_fns)} postprocessing functions but "
                          f"{len(pp_fn_kwargs)} keyword dicts")
     segmentation = segmentation_tensor
     for function, kwargs in zip(pp_fns, pp_fn_kwargs):
@@ -467,7 +468,7 @@ def postprocess_logits_argmax(segmentation_tensor: Tensor, pp_fns: Sequence[Call
             segmentation = remove_all_but_largest_component_from_segmentation(
                 segmentation, **kwargs, connectivity=connectivity, backend=backend)
         else:
-            warnings.warn(f"nnunet_shape/postprocessing.py: {getattr(function, '__qualname__', function)!r} "
+            warnings.warn(f"{getattr(function, '__qualname__', function)!r} "
                           f"has no device implementation; running it on a host copy", stacklevel=2)
             result = function(segmentation.detach().cpu().numpy(), **kwargs)
             segmentation = torch.as_tensor(np.asarray(result)).to(device=segmentation.device,

@@ -105,12 +105,12 @@ def _output_dtype(dtype: torch.dtype) -> torch.dtype:
 def _check_probs(probs: Tensor, function: str) -> int:
     if not isinstance(probs, Tensor):
         raise TypeError(
-            f"descriptors.py {function}: probs must be a torch.Tensor (B, K, *spatial), "
+            f"{function}: probs must be a torch.Tensor (B, K, *spatial), "
             f"got {type(probs).__name__}"
         )
     if probs.ndim < 3:
         raise ValueError(
-            f"descriptors.py {function}: probs must have shape (B, K, *spatial) with at least "
+            f"{function}: probs must have shape (B, K, *spatial) with at least "
             f"one spatial axis, got shape {tuple(probs.shape)}"
         )
     return probs.ndim - 2
@@ -134,19 +134,19 @@ def _spacing_tensor(
     if s.ndim == 1:
         if s.shape[0] != ndim:
             raise ValueError(
-                f"descriptors.py {function}: spacing has {s.shape[0]} values but probs has "
+                f"{function}: spacing has {s.shape[0]} values but probs has "
                 f"{ndim} spatial axes"
             )
         return s.unsqueeze(0)
     if s.ndim == 2:
         if s.shape[1] != ndim or s.shape[0] not in (1, batch):
             raise ValueError(
-                f"descriptors.py {function}: per-case spacing must have shape (B={batch}, "
+                f"{function}: per-case spacing must have shape (B={batch}, "
                 f"D={ndim}) or (1, {ndim}), got {tuple(s.shape)}"
             )
         return s
     raise ValueError(
-        f"descriptors.py {function}: spacing must be None, D floats, a (D,) or a (B, D) "
+        f"{function}: spacing must be None, D floats, a (D,) or a (B, D) "
         f"tensor, got a tensor of shape {tuple(s.shape)}"
     )
 
@@ -576,7 +576,7 @@ def elongation(covariance: Tensor) -> Tensor:
     lam = _sorted_eigenvalues(covariance)
     if lam.shape[-1] < 2:
         raise ValueError(
-            f"descriptors.py elongation: needs at least 2 spatial axes, got covariance of "
+            f"elongation: needs at least 2 spatial axes, got covariance of "
             f"shape {tuple(covariance.shape)}"
         )
     eps = _mass_eps(lam.dtype)
@@ -592,7 +592,7 @@ def flatness(covariance: Tensor) -> Tensor:
     lam = _sorted_eigenvalues(covariance)
     if lam.shape[-1] < 3:
         raise ValueError(
-            f"descriptors.py flatness: defined for 3 spatial axes only, got covariance of "
+            f"flatness: defined for 3 spatial axes only, got covariance of "
             f"shape {tuple(covariance.shape)}"
         )
     eps = _mass_eps(lam.dtype)
@@ -656,7 +656,7 @@ def compute_descriptors(
     covariance (B, K, D, D), surface (B, K), in the order of ``names``, in the input dtype
     or ``dtype`` if given.
     """
-    names = check_descriptor_names(names, "descriptors.py compute_descriptors")
+    names = check_descriptor_names(names, "compute_descriptors")
     ndim = _check_probs(probs, "compute_descriptors")
     compute, out_dtype = _resolve_dtypes(probs, dtype)
     s = _spacing_tensor(spacing, probs.shape[0], ndim, probs.device, compute, "compute_descriptors")
@@ -704,14 +704,14 @@ def one_hot_labels(
             has_channel = True
             if labels.shape[1] != 1:
                 raise ValueError(
-                    f"descriptors.py one_hot_labels: expected (B, 1, *S) with D={spatial_dims}, "
+                    f"one_hot_labels: expected (B, 1, *S) with D={spatial_dims}, "
                     f"got shape {tuple(labels.shape)}"
                 )
         elif labels.ndim == spatial_dims + 1:
             has_channel = False
         else:
             raise ValueError(
-                f"descriptors.py one_hot_labels: labels of shape {tuple(labels.shape)} do not "
+                f"one_hot_labels: labels of shape {tuple(labels.shape)} do not "
                 f"have D={spatial_dims} spatial axes"
             )
     if has_channel:
@@ -720,7 +720,7 @@ def one_hot_labels(
         top = int(labels.max())
         if top >= num_classes:
             raise ValueError(
-                f"descriptors.py one_hot_labels: label {top} found but num_classes={num_classes}"
+                f"one_hot_labels: label {top} found but num_classes={num_classes}"
             )
     labels = labels.clamp_min(0)
     classes = torch.arange(num_classes, device=labels.device, dtype=labels.dtype)

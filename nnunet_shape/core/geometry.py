@@ -59,7 +59,7 @@ _EQUAL_TOLERANCE = 1e-9
 
 
 def _error(function: str, message: str) -> ValueError:
-    return ValueError(f"geometry.py {function}: {message}")
+    return ValueError(f"{function}: {message}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -98,29 +98,29 @@ class IndexAffine:
         """Map index points (..., D) of the input frame to the output frame."""
         return np.asarray(index, dtype=np.float64) @ self.matrix.T + self.offset
 
-    def compose(self, after: "IndexAffine") -> "IndexAffine":
+    def compose(self, after: IndexAffine) -> IndexAffine:
         """``after ∘ self``: first this map, then ``after``."""
         if after.dim != self.dim:
             raise _error("IndexAffine.compose", f"cannot compose a {self.dim}-D map with a {after.dim}-D map")
         return IndexAffine(after.matrix @ self.matrix, after.matrix @ self.offset + after.offset)
 
-    def inverse(self) -> "IndexAffine":
+    def inverse(self) -> IndexAffine:
         """The map from the output frame back to the input frame."""
         inverse = np.linalg.inv(self.matrix)
         return IndexAffine(inverse, -inverse @ self.offset)
 
     @staticmethod
-    def identity(dim: int) -> "IndexAffine":
+    def identity(dim: int) -> IndexAffine:
         return IndexAffine(np.eye(dim), np.zeros(dim))
 
     @staticmethod
-    def translation(offset: Sequence[float]) -> "IndexAffine":
+    def translation(offset: Sequence[float]) -> IndexAffine:
         """``q = i + offset``."""
         offset = np.asarray(offset, dtype=np.float64).reshape(-1)
         return IndexAffine(np.eye(offset.shape[0]), offset)
 
     @staticmethod
-    def scaling(factors: Sequence[float], offset: Sequence[float] | None = None) -> "IndexAffine":
+    def scaling(factors: Sequence[float], offset: Sequence[float] | None = None) -> IndexAffine:
         """``q = diag(factors) i + offset``."""
         factors = np.asarray(factors, dtype=np.float64).reshape(-1)
         if offset is None:
@@ -128,7 +128,7 @@ class IndexAffine:
         return IndexAffine(np.diag(factors), offset)
 
     @staticmethod
-    def permutation(order: Sequence[int]) -> "IndexAffine":
+    def permutation(order: Sequence[int]) -> IndexAffine:
         """Axis transpose as numpy's ``array.transpose(order)``: output axis a is input axis ``order[a]``."""
         order = [int(a) for a in order]
         if sorted(order) != list(range(len(order))):
@@ -138,7 +138,7 @@ class IndexAffine:
         return IndexAffine(matrix, np.zeros(len(order)))
 
     @staticmethod
-    def mirror(patch_size: Sequence[int], axes: Sequence[int]) -> "IndexAffine":
+    def mirror(patch_size: Sequence[int], axes: Sequence[int]) -> IndexAffine:
         """``q_a = P_a - 1 - i_a`` on ``axes`` (torch.flip of a patch of ``patch_size``), identity elsewhere."""
         patch = np.asarray(patch_size, dtype=np.float64).reshape(-1)
         diagonal = np.ones_like(patch)

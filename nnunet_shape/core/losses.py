@@ -53,23 +53,21 @@ from torch import Tensor, nn
 
 from nnunet_shape.core.barrier import extended_log_barrier
 from nnunet_shape.core.bounds import (
-    DEFAULT_ABSOLUTE_MARGIN,
     DEFAULT_RELATIVE_MARGIN,
     NON_NEGATIVE_DESCRIPTORS,
     RESOLUTION_FLOOR,
     DescriptorBounds,
     bounds_from_targets,
 )
-from nnunet_shape.core.priors import EqualCentroidPrior, Prior, PriorContext, RatioPrior
 from nnunet_shape.core.descriptors import (
     DESCRIPTOR_NAMES,
     SpacingLike,
     _spacing_tensor,
     check_descriptor_names,
-    class_ratio,
     compute_descriptors,
     descriptors_from_labels,
 )
+from nnunet_shape.core.priors import EqualCentroidPrior, Prior, PriorContext, RatioPrior
 
 __all__ = [
     "ShapeLossResult",
@@ -242,21 +240,21 @@ def shape_descriptor_loss(
     Returns:
         ShapeLossResult (descriptor values are computed in float32 at least).
     """
-    descriptors = check_descriptor_names(descriptors, "losses.py shape_descriptor_loss")
+    descriptors = check_descriptor_names(descriptors, "shape_descriptor_loss")
     if scale_mode not in SCALE_MODES:
         raise ValueError(
-            f"losses.py shape_descriptor_loss: scale_mode must be one of {SCALE_MODES}, got "
+            f"shape_descriptor_loss: scale_mode must be one of {SCALE_MODES}, got "
             f"{scale_mode!r}"
         )
     if reduction not in REDUCTIONS:
         raise ValueError(
-            f"losses.py shape_descriptor_loss: reduction must be one of {REDUCTIONS}, got "
+            f"shape_descriptor_loss: reduction must be one of {REDUCTIONS}, got "
             f"{reduction!r}"
         )
     missing = [d for d in descriptors if d not in bounds.lower]
     if missing:
         raise ValueError(
-            f"losses.py shape_descriptor_loss: no bounds for descriptor(s) {missing}; bounds "
+            f"shape_descriptor_loss: no bounds for descriptor(s) {missing}; bounds "
             f"have {bounds.names} (use NaN bounds for unconstrained components)"
         )
     batch, num_classes, *sizes = probs.shape
@@ -403,10 +401,10 @@ class ShapeDescriptorLoss(nn.Module):
         scale_mode: str = "half_width",
     ) -> None:
         super().__init__()
-        self.descriptors = check_descriptor_names(descriptors, "losses.py ShapeDescriptorLoss")
+        self.descriptors = check_descriptor_names(descriptors, "ShapeDescriptorLoss")
         if reduction not in REDUCTIONS:
             raise ValueError(
-                f"losses.py ShapeDescriptorLoss: reduction must be one of {REDUCTIONS}, got "
+                f"ShapeDescriptorLoss: reduction must be one of {REDUCTIONS}, got "
                 f"{reduction!r}"
             )
         self.t = float(t)
@@ -418,7 +416,7 @@ class ShapeDescriptorLoss(nn.Module):
         self.apply_softmax = apply_softmax
         if scale_mode not in SCALE_MODES:
             raise ValueError(
-                f"losses.py ShapeDescriptorLoss: scale_mode must be one of {SCALE_MODES}, got "
+                f"ShapeDescriptorLoss: scale_mode must be one of {SCALE_MODES}, got "
                 f"{scale_mode!r}"
             )
         self.scale_mode = scale_mode
@@ -446,7 +444,7 @@ class ShapeDescriptorLoss(nn.Module):
             return bounds_from_targets(target, self.relative_margin, self.absolute_margin)
         if not isinstance(target, Tensor):
             raise TypeError(
-                f"losses.py ShapeDescriptorLoss: target must be a label map tensor, a dict of "
+                f"ShapeDescriptorLoss: target must be a label map tensor, a dict of "
                 f"descriptor values or DescriptorBounds, got {type(target).__name__}"
             )
         ndim = len(spatial_shape)
@@ -467,7 +465,7 @@ class ShapeDescriptorLoss(nn.Module):
                 )
             else:
                 raise ValueError(
-                    f"losses.py ShapeDescriptorLoss: target of shape {tuple(target.shape)} is "
+                    f"ShapeDescriptorLoss: target of shape {tuple(target.shape)} is "
                     f"neither a (B, 1, *S) label map nor (B, K, *S) probabilities for "
                     f"K={num_classes}, S={tuple(spatial_shape)}"
                 )

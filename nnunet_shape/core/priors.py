@@ -67,14 +67,14 @@ class RatioPrior:
     def __post_init__(self) -> None:
         if self.descriptor not in DESCRIPTOR_NAMES:
             raise ValueError(
-                f"losses.py RatioPrior: unknown descriptor {self.descriptor!r}; known: "
+                f"RatioPrior: unknown descriptor {self.descriptor!r}; known: "
                 f"{DESCRIPTOR_NAMES}"
             )
         if not self.low <= self.high:
-            raise ValueError(f"losses.py RatioPrior: low={self.low} > high={self.high}")
+            raise ValueError(f"RatioPrior: low={self.low} > high={self.high}")
         if self.component is not None and self.descriptor in ("volume", "surface"):
             raise ValueError(
-                f"losses.py RatioPrior: {self.descriptor!r} is a scalar per class; "
+                f"RatioPrior: {self.descriptor!r} is a scalar per class; "
                 f"component={self.component} only applies to centroid/spread/covariance"
             )
 
@@ -134,7 +134,7 @@ class EqualCentroidPrior:
     def __post_init__(self) -> None:
         if not self.tolerance_mm >= 0:
             raise ValueError(
-                f"losses.py EqualCentroidPrior: tolerance_mm must be >= 0, got {self.tolerance_mm}"
+                f"EqualCentroidPrior: tolerance_mm must be >= 0, got {self.tolerance_mm}"
             )
 
     @property

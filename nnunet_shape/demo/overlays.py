@@ -12,8 +12,8 @@ of paper 000. No nnU-Net import here.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -48,7 +48,7 @@ def class_colours(labels: Sequence[int]) -> dict[int, tuple[float, float, float]
     colours = {}
     for label in labels:
         if int(label) < 1:
-            raise ValueError(f"overlays.py class_colours: label {label} is not a foreground label (>= 1)")
+            raise ValueError(f"class_colours: label {label} is not a foreground label (>= 1)")
         colours[int(label)] = CLASS_COLOURS[(int(label) - 1) % len(CLASS_COLOURS)]
     return colours
 
@@ -58,7 +58,7 @@ def colourise(labels_2d: np.ndarray, colours: Mapping[int, tuple[float, float, f
     """(H, W) label slice -> (H, W, 4) RGBA float image: class colours with ``alpha``, background
     (and labels without a colour) fully transparent."""
     if labels_2d.ndim != 2:
-        raise ValueError(f"overlays.py colourise: need a 2-D label slice, got shape {labels_2d.shape}")
+        raise ValueError(f"colourise: need a 2-D label slice, got shape {labels_2d.shape}")
     rgba = np.zeros(labels_2d.shape + (4,), dtype=np.float32)
     for label, colour in colours.items():
         mask = labels_2d == label
@@ -109,13 +109,13 @@ def save_overlay_figure(image: np.ndarray, segmentations: Mapping[str, np.ndarra
         The written path.
     """
     if image.ndim != 3:
-        raise ValueError(f"overlays.py save_overlay_figure: need a 3-D image, got shape {image.shape}")
+        raise ValueError(f"save_overlay_figure: need a 3-D image, got shape {image.shape}")
     for name, segmentation in segmentations.items():
         if segmentation.shape != image.shape:
-            raise ValueError(f"overlays.py save_overlay_figure: segmentation {name!r} has shape "
+            raise ValueError(f"save_overlay_figure: segmentation {name!r} has shape "
                              f"{segmentation.shape}, the image {image.shape}")
     if not slice_indices:
-        raise ValueError("overlays.py save_overlay_figure: no slice to show")
+        raise ValueError("save_overlay_figure: no slice to show")
     in_plane = [a for a in range(3) if a != axis]
     # rows of a slice run along in_plane[0], columns along in_plane[1]
     aspect = 1.0 if spacing is None else float(spacing[in_plane[0]]) / float(spacing[in_plane[1]])

@@ -32,9 +32,9 @@ import math
 import multiprocessing
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -159,7 +159,7 @@ class KneeAnatomy:
     appearance: MRAppearance
 
     @classmethod
-    def from_dict(cls, values: dict) -> "KneeAnatomy":
+    def from_dict(cls, values: dict) -> KneeAnatomy:
         """Inverse of ``dataclasses.asdict`` after a JSON round trip (lists back to tuples),
         e.g. to re-render a case from ``phantom_parameters.json``."""
 
@@ -262,7 +262,7 @@ def _superellipsoid_sdf(
              else np.abs(u) ** (2 * exponent - 2)) * np.float32(1.0 / (r_i * r_i))
         power_sum = up if power_sum is None else power_sum + up
         grad_sum = g if grad_sum is None else grad_sum + g
-    assert power_sum is not None and grad_sum is not None, "phantoms.py: shape without axes"
+    assert power_sum is not None and grad_sum is not None, "shape without axes"
     # (F - 1) F^(p-1) / sqrt(sum |u_i|^(2p-2) / r_i^2)
     if exponent == 2:
         f = np.sqrt(power_sum)
@@ -533,11 +533,11 @@ def render_knee(
     spacing = tuple(float(s) for s in spacing)
     if len(shape) != 3 or len(spacing) != 3 or min(shape) < 1 or min(spacing) <= 0:
         raise ValueError(
-            f"phantoms.py render_knee: need a 3-D shape and positive spacing, got shape={shape} "
+            f"render_knee: need a 3-D shape and positive spacing, got shape={shape} "
             f"spacing={spacing}"
         )
     if supersampling < 1:
-        raise ValueError(f"phantoms.py render_knee: supersampling must be >= 1, got {supersampling}")
+        raise ValueError(f"render_knee: supersampling must be >= 1, got {supersampling}")
     appearance = anatomy.appearance
     rng = np.random.default_rng(appearance.field_seed)
 
@@ -589,7 +589,7 @@ def case_seed(seed: int, index: int, split: str = "train") -> int:
     cases unchanged.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"phantoms.py case_seed: split must be 'train' or 'test', got {split!r}")
+        raise ValueError(f"case_seed: split must be 'train' or 'test', got {split!r}")
     stream = 0 if split == "train" else 1
     return int(np.random.SeedSequence([int(seed), stream, int(index)]).generate_state(1)[0])
 
@@ -655,11 +655,11 @@ def write_phantom_dataset(
 
     if n_train < 1 or n_test < 0:
         raise ValueError(
-            f"phantoms.py write_phantom_dataset: need n_train >= 1 and n_test >= 0, got "
+            f"write_phantom_dataset: need n_train >= 1 and n_test >= 0, got "
             f"n_train={n_train}, n_test={n_test}"
         )
     if not 1 <= dataset_id <= 999:
-        raise ValueError(f"phantoms.py write_phantom_dataset: dataset_id must be 1..999, got {dataset_id}")
+        raise ValueError(f"write_phantom_dataset: dataset_id must be 1..999, got {dataset_id}")
     shape = tuple(int(n) for n in shape)
     spacing = tuple(float(s) for s in spacing)
     folder = Path(raw_dir) / f"Dataset{dataset_id:03d}_{name}"

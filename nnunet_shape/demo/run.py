@@ -42,11 +42,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "Setting",
@@ -131,10 +132,10 @@ def descriptor_value_count(descriptors: Sequence[str], n_classes: int, ndim: int
     """
     unknown = [d for d in descriptors if d not in _VALUES_PER_CLASS]
     if unknown:
-        raise ValueError(f"demo.py descriptor_value_count: unknown descriptors {unknown}; "
+        raise ValueError(f"descriptor_value_count: unknown descriptors {unknown}; "
                          f"known: {sorted(_VALUES_PER_CLASS)}")
     if n_classes < 0 or ndim < 1:
-        raise ValueError(f"demo.py descriptor_value_count: need n_classes >= 0 and ndim >= 1, "
+        raise ValueError(f"descriptor_value_count: need n_classes >= 0 and ndim >= 1, "
                          f"got {n_classes}, {ndim}")
     return int(n_classes * sum(_VALUES_PER_CLASS[d](ndim) for d in descriptors))
 
@@ -151,7 +152,7 @@ def phantom_spacing(shape: Sequence[int]) -> tuple[float, float, float]:
     from nnunet_shape.demo.phantoms import DEFAULT_FOV_MM
 
     if len(shape) != 3 or any(int(s) < 1 for s in shape):
-        raise ValueError(f"demo.py phantom_spacing: need three positive sizes, got {tuple(shape)}")
+        raise ValueError(f"phantom_spacing: need three positive sizes, got {tuple(shape)}")
     return tuple(float(f) / int(n) for f, n in zip(DEFAULT_FOV_MM, shape))  # type: ignore[return-value]
 
 
@@ -236,7 +237,7 @@ def format_dice_table(rows: Sequence[TableRow], postprocessing: str,
     ``chance`` adds a last row with :func:`chance_dice`."""
     selected = [r for r in rows if r.postprocessing == postprocessing]
     if not selected:
-        raise ValueError(f"demo.py format_dice_table: no row with postprocessing {postprocessing!r}")
+        raise ValueError(f"format_dice_table: no row with postprocessing {postprocessing!r}")
     classes = list(selected[0].dice_mean)
     header = ["Setting", "Avg"] + classes + ["# annotations per case"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -381,7 +382,7 @@ def postprocess_folder(input_folder: str | os.PathLike, output_folder: str | os.
     output_folder.mkdir(parents=True, exist_ok=True)
     files = sorted(p for p in input_folder.iterdir() if p.name.endswith(file_ending))
     if not files:
-        raise FileNotFoundError(f"demo.py postprocess_folder: no '*{file_ending}' in {input_folder}")
+        raise FileNotFoundError(f"postprocess_folder: no '*{file_ending}' in {input_folder}")
     written = []
     for path in files:
         image = sitk.ReadImage(str(path))
@@ -691,7 +692,7 @@ def _trainer_class(trainer: str) -> type:
     cls = getattr(shape_trainers, trainer, None)
     if cls is None:
         suffixes = sorted({v[0] for v in shape_trainers.LENGTH_VARIANTS})
-        raise StageFailed(f"demo.py: no trainer {trainer} in nnunet_shape/training/shape_trainers.py "
+        raise StageFailed(f"no trainer {trainer} in nnunet_shape/nnunet/training/shape_trainers.py "
                           f"(length suffixes there: {suffixes})")
     return cls
 
@@ -749,7 +750,7 @@ def _prepare_output(output: Path, skip_training: bool) -> None:
     """Refuse to write into a non-empty folder that an earlier demo did not create; on a fresh
     run remove the previous run's work folder (nnU-Net would mix old and new results)."""
     if output.exists() and any(output.iterdir()) and not (output / MARKER_FILE).exists():
-        raise StageFailed(f"demo.py: {output} is not empty and was not written by the demo "
+        raise StageFailed(f"{output} is not empty and was not written by the demo "
                           f"(no {MARKER_FILE}); choose another --output")
     output.mkdir(parents=True, exist_ok=True)
     (output / MARKER_FILE).write_text("written by python -m nnunet_shape.demo\n")
@@ -787,7 +788,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
         missing = [str(trained_folder(s.slug) / "checkpoint_final.pth") for s in SETTINGS
                    if not (trained_folder(s.slug) / "checkpoint_final.pth").is_file()]
         if missing or not (raw_dataset / "dataset.json").is_file():
-            raise StageFailed("demo.py --skip-training: nothing to reuse; missing "
+            raise StageFailed("--skip-training: nothing to reuse; missing "
                               + ", ".join(missing or [str(raw_dataset / "dataset.json")]))
         stages.skipped("phantoms", f"reused {raw_dataset}")
         stages.skipped("nnUNetv2_plan_and_preprocess", "reused")
@@ -1038,7 +1039,7 @@ def _write_report(output: Path, options: DemoOptions, rows: Sequence[TableRow],
         f"per epoch), `nnUNet_n_proc_DA={options.n_proc_da}`.",
         f"* Mirroring (augmentation and test-time axes): {_mirror_axes_text(mirror_axes, plans)}.",
         "* Optimiser: " + "; ".join(f"{s.title}: {optimizer_description(trainers[s.slug])}" for s in SETTINGS) + ".",
-        f"* Trainers: " + ", ".join(f"`{trainers[s.slug]}` ({s.title})" for s in SETTINGS) + ".",
+        "* Trainers: " + ", ".join(f"`{trainers[s.slug]}` ({s.title})" for s in SETTINGS) + ".",
         f"* Prediction: `nnUNetv2_predict` with checkpoint_final.pth, "
         f"{'mirroring test-time augmentation' if options.tta else 'no test-time augmentation (`--disable_tta`)'}.",
         "",
@@ -1132,10 +1133,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.n_train < 1 or args.n_test < 1:
-        print("demo.py: need --n-train >= 1 and --n-test >= 1", file=sys.stderr)
+        print("need --n-train >= 1 and --n-test >= 1", file=sys.stderr)
         return 2
     if args.fold != "all" and args.n_train < 5:
-        print(f"demo.py: fold {args.fold} needs nnU-Net's 5-fold split, i.e. --n-train >= 5 (or --fold all)",
+        print(f"fold {args.fold} needs nnU-Net's 5-fold split, i.e. --n-train >= 5 (or --fold all)",
               file=sys.stderr)
         return 2
     options = DemoOptions(

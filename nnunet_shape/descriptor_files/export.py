@@ -21,9 +21,10 @@ import json
 import multiprocessing
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -162,7 +163,7 @@ def read_label_map(path: str | os.PathLike, reader_class: type) -> tuple[np.ndar
     labels = seg[0, 0] if native_2d else seg[0]
     rounded = np.rint(labels)
     if not np.array_equal(rounded, labels):
-        raise ValueError(f"export.py read_label_map: {path} holds non-integer values; is it a label map?")
+        raise ValueError(f"read_label_map: {path} holds non-integer values; is it a label map?")
     return rounded.astype(np.int32), geometry
 
 
@@ -534,19 +535,19 @@ def find_raw_dataset(dataset: str | int, raw_root: str | os.PathLike | None = No
     """
     root = raw_root if raw_root is not None else os.environ.get("nnUNet_raw")
     if not root:
-        raise FileNotFoundError("export.py find_raw_dataset: nnUNet_raw is not set; export it or pass -i")
+        raise FileNotFoundError("find_raw_dataset: nnUNet_raw is not set; export it or pass -i")
     root = Path(root)
     text = str(dataset)
     if re.fullmatch(r"\d+", text):
         matches = sorted(root.glob(f"Dataset{int(text):03d}_*"))
         if len(matches) != 1:
             found = [m.name for m in matches]
-            raise FileNotFoundError(f"export.py find_raw_dataset: expected one Dataset{int(text):03d}_* in {root}, "
+            raise FileNotFoundError(f"find_raw_dataset: expected one Dataset{int(text):03d}_* in {root}, "
                                     f"found {found}")
         return matches[0]
     candidate = root / text
     if not candidate.is_dir():
-        raise FileNotFoundError(f"export.py find_raw_dataset: {candidate} does not exist")
+        raise FileNotFoundError(f"find_raw_dataset: {candidate} does not exist")
     return candidate
 
 
@@ -554,7 +555,7 @@ def list_label_files(folder: str | os.PathLike, file_ending: str) -> dict[str, P
     """``{case_id: path}`` of the label maps in a folder (files ending in ``file_ending``)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"export.py list_label_files: {folder} does not exist")
+        raise FileNotFoundError(f"list_label_files: {folder} does not exist")
     return {p.name[: -len(file_ending)]: p for p in sorted(folder.iterdir())
             if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")}
 
@@ -589,15 +590,15 @@ def export_dataset(
     elif input_folder is not None:
         dataset_json_path = Path(input_folder) / "dataset.json"
     else:
-        raise ValueError("export.py export_dataset: give a dataset (-d) or an input folder (-i)")
+        raise ValueError("export_dataset: give a dataset (-d) or an input folder (-i)")
     if not dataset_json_path.is_file():
-        raise FileNotFoundError(f"export.py export_dataset: {dataset_json_path} not found; pass -d DATASET")
+        raise FileNotFoundError(f"export_dataset: {dataset_json_path} not found; pass -d DATASET")
     with open(dataset_json_path, encoding="utf-8") as handle:
         dataset_json = json.load(handle)
     if input_folder is not None:
         files = list_label_files(input_folder, dataset_json["file_ending"])
         if output_folder is None:
-            raise ValueError("export.py export_dataset: -o is required with -i")
+            raise ValueError("export_dataset: -o is required with -i")
     else:
         files = _training_label_files(raw_folder, dataset_json)
         if output_folder is None:

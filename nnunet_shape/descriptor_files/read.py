@@ -21,11 +21,12 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO, Union
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -50,7 +51,7 @@ __all__ = [
 SCHEMA_ID = "nnunet-shape/descriptors/v1"
 SUMMARY_FILE_NAME = "summary.json"
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 # Descriptor field -> rank (0 scalar, 1 vector of D, 2 matrix D x D). These are the fields
 # that may be given as a value or as bounds; ``principal_axes_mm`` is informational only.
@@ -183,7 +184,7 @@ def class_specs_from_dataset_json(dataset_json: Mapping[str, Any]) -> list[Class
     """
     labels = dataset_json.get("labels")
     if not isinstance(labels, Mapping):
-        raise ValueError("descriptor_io.py: dataset.json has no 'labels' mapping")
+        raise ValueError("dataset.json has no 'labels' mapping")
     has_regions = any(isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values())
     specs: list[ClassSpec] = []
     if not has_regions:
@@ -202,7 +203,7 @@ def class_specs_from_dataset_json(dataset_json: Mapping[str, Any]) -> list[Class
         regions.append((str(name), members))
     if order is None or len(order) != len(regions):
         raise ValueError(
-            f"descriptor_io.py: region-based dataset.json needs 'regions_class_order' with one entry "
+            f"region-based dataset.json needs 'regions_class_order' with one entry "
             f"per region ({len(regions)}), got {order!r}"
         )
     return [ClassSpec(name, int(o), members) for (name, members), o in zip(regions, order)]
@@ -475,7 +476,8 @@ def load_case_descriptors(path: PathLike, dataset_json: Mapping[str, Any] | None
                                        f"wrong dimensionality: {len(row)} components, expected {expected}")
         axes = entry.get("principal_axes_mm")
         if axes is not None and dim is not None:
-            if len(axes["lengths"]) != dim or any(len(v) != dim for v in axes["vectors"]) or len(axes["vectors"]) != dim:
+            vectors = axes["vectors"]
+            if len(axes["lengths"]) != dim or len(vectors) != dim or any(len(v) != dim for v in vectors):
                 raise fail(("classes", name, "principal_axes_mm"), f"wrong dimensionality: expected {dim} axes "
                                                                    f"of {dim} components")
 
@@ -567,7 +569,7 @@ def load_descriptor_folder(folder: PathLike, dataset_json: Mapping[str, Any] | N
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"descriptor_io.py: descriptor folder {folder} does not exist")
+        raise FileNotFoundError(f"descriptor folder {folder} does not exist")
     cases: dict[str, CaseDescriptors] = {}
     for path in sorted(folder.glob("*.json")):
         if path.name == SUMMARY_FILE_NAME or path.name.startswith("."):

@@ -7,7 +7,7 @@ storages autograd saves, so it also works on CPU where no allocator statistics e
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ __all__ = ["saved_activation_bytes"]
 def saved_activation_bytes(
     module: nn.Module,
     *inputs: torch.Tensor,
-    autocast_dtype: Optional[torch.dtype] = None,
+    autocast_dtype: torch.dtype | None = None,
     include_parameters: bool = False,
 ) -> int:
     """Bytes of the distinct tensor storages autograd keeps for backward after ``module(*inputs)``.

@@ -59,7 +59,8 @@ same as without checkpointing.
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence, Type, Union
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,9 +91,8 @@ __all__ = [
 #: Dotted class name for ``plans["configurations"][...]["architecture"]["network_class_name"]``.
 STD_EXP_CLASS_NAME = "nnunet_shape.network.std_exp.STDEXPNet"
 
-_WHERE = "nnunet_shape/network/std_exp.py"
 
-IntOrSeq = Union[int, Sequence[int]]
+IntOrSeq = int | Sequence[int]
 
 
 def _per_stage(value: Any, n_stages: int, name: str) -> list:
@@ -100,7 +100,7 @@ def _per_stage(value: Any, n_stages: int, name: str) -> list:
     if isinstance(value, (list, tuple)):
         if len(value) != n_stages:
             raise ValueError(
-                f"STDEXPNet ({_WHERE}): {name} has {len(value)} entries but {n_stages} are "
+                f"STDEXPNet: {name} has {len(value)} entries but {n_stages} are "
                 f"required; got {name}={list(value)}"
             )
         return list(value)
@@ -232,18 +232,18 @@ class STDEXPNet(nn.Module):
         input_channels: int,
         n_stages: int,
         features_per_stage: IntOrSeq,
-        conv_op: Type[_ConvNd],
-        kernel_sizes: Union[IntOrSeq, Sequence[IntOrSeq]],
-        strides: Union[IntOrSeq, Sequence[IntOrSeq]],
+        conv_op: type[_ConvNd],
+        kernel_sizes: IntOrSeq | Sequence[IntOrSeq],
+        strides: IntOrSeq | Sequence[IntOrSeq],
         n_conv_per_stage: IntOrSeq,
         num_classes: int,
         n_conv_per_stage_decoder: IntOrSeq,
         conv_bias: bool = False,
-        norm_op: Union[None, Type[nn.Module]] = None,
+        norm_op: None | type[nn.Module] = None,
         norm_op_kwargs: dict | None = None,
-        dropout_op: Union[None, Type[_DropoutNd]] = None,
+        dropout_op: None | type[_DropoutNd] = None,
         dropout_op_kwargs: dict | None = None,
-        nonlin: Union[None, Type[nn.Module]] = None,
+        nonlin: None | type[nn.Module] = None,
         nonlin_kwargs: dict | None = None,
         deep_supervision: bool = False,
         nonlin_first: bool = False,
@@ -255,12 +255,12 @@ class STDEXPNet(nn.Module):
         super().__init__()
         if n_stages < 2:
             raise ValueError(
-                f"STDEXPNet ({_WHERE}): n_stages={n_stages}, but at least 2 stages are needed "
+                f"STDEXPNet: n_stages={n_stages}, but at least 2 stages are needed "
                 "(stage 0 = full-resolution STD stream, strides[1] = EXP downsampling)"
             )
         if std_features < 1 or n_fusion_convs < 1:
             raise ValueError(
-                f"STDEXPNet ({_WHERE}): std_features={std_features} and "
+                f"STDEXPNet: std_features={std_features} and "
                 f"n_fusion_convs={n_fusion_convs} must both be >= 1"
             )
         dim = convert_conv_op_to_dim(conv_op)
@@ -330,12 +330,12 @@ class STDEXPNet(nn.Module):
         dim = len(self.total_stride)
         if x.ndim != dim + 2:
             raise ValueError(
-                f"STDEXPNet ({_WHERE}): expected input (B, C, {dim} spatial axes), got shape {tuple(x.shape)}"
+                f"STDEXPNet: expected input (B, C, {dim} spatial axes), got shape {tuple(x.shape)}"
             )
         spatial = tuple(x.shape[2:])
         if any(size % divisor for size, divisor in zip(spatial, self.total_stride)):
             raise ValueError(
-                f"STDEXPNet ({_WHERE}): input spatial shape {spatial} is not divisible by the "
+                f"STDEXPNet: input spatial shape {spatial} is not divisible by the "
                 f"network's total stride {self.total_stride} per axis (product of the plans' "
                 "strides); pad or round the patch size up to a multiple of it"
             )
@@ -346,7 +346,7 @@ class STDEXPNet(nn.Module):
         fused = stacked_blocks_on_concat(self.fusion, self.exp_upsample, exp_features, std, skip_first=True)
         return self.seg_head(fused)
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """``x``: (B, C, *S). Returns (B, K, *S) logits, or the deep-supervision list."""
         self._check_input(x)
         exp_features, exp_heads = self.decoder(self.encoder(self.exp_downsample(x)))
@@ -363,7 +363,7 @@ class STDEXPNet(nn.Module):
         dim = len(self.total_stride)
         if len(input_size) != dim:
             raise ValueError(
-                f"STDEXPNet ({_WHERE}): give the spatial size only ({dim} axes, no batch/channel "
+                f"STDEXPNet: give the spatial size only ({dim} axes, no batch/channel "
                 f"axes), got input_size={tuple(input_size)}"
             )
         return [i // s for i, s in zip(input_size, self.exp_input_stride)]
@@ -452,7 +452,7 @@ def std_exp_arch_kwargs(
     """
     if "n_blocks_per_stage" in plain_arch_kwargs or "n_conv_per_stage" not in plain_arch_kwargs:
         raise ValueError(
-            f"std_exp_arch_kwargs ({_WHERE}): expected PlainConvUNet arch_kwargs (with "
+            f"std_exp_arch_kwargs: expected PlainConvUNet arch_kwargs (with "
             f"'n_conv_per_stage'), got keys {sorted(plain_arch_kwargs)}"
         )
     kwargs = copy.deepcopy(dict(plain_arch_kwargs))

@@ -31,9 +31,10 @@ import math
 import multiprocessing
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -104,13 +105,13 @@ def descriptor_errors_case(
     seg_pred, properties_pred = image_reader_writer.read_seg(prediction_file)
     if seg_ref.shape != seg_pred.shape:
         raise ValueError(
-            f"evaluate.py: shape mismatch between reference {reference_file} {seg_ref.shape} "
+            f"shape mismatch between reference {reference_file} {seg_ref.shape} "
             f"and prediction {prediction_file} {seg_pred.shape}"
         )
     spacing_ref = [float(s) for s in properties_ref["spacing"]]
     if not np.allclose(spacing_ref, properties_pred["spacing"]):
         raise ValueError(
-            f"evaluate.py: spacing mismatch between reference {reference_file} {spacing_ref} "
+            f"spacing mismatch between reference {reference_file} {spacing_ref} "
             f"and prediction {prediction_file} {list(properties_pred['spacing'])}"
         )
     seg_ref, seg_pred = seg_ref[0], seg_pred[0]  # drop nnU-Net's channel axis
@@ -213,10 +214,10 @@ def evaluate_folder(
     file_ending = dataset["file_ending"]
     files_pred = subfiles(pred, suffix=file_ending, join=False)
     if not files_pred:
-        raise FileNotFoundError(f"evaluate.py: no '*{file_ending}' predictions in {pred}")
+        raise FileNotFoundError(f"no '*{file_ending}' predictions in {pred}")
     missing = [f for f in files_pred if not os.path.isfile(os.path.join(ref, f))]
     if missing:
-        raise FileNotFoundError(f"evaluate.py: predictions without a reference in {ref}: {missing}")
+        raise FileNotFoundError(f"predictions without a reference in {ref}: {missing}")
     reader_writer = determine_reader_writer_from_dataset_json(
         dataset, os.path.join(ref, files_pred[0]), verbose=False)()
     label_manager = LabelManager(dataset["labels"], regions_class_order=dataset.get("regions_class_order"))

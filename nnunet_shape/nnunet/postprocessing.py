@@ -25,17 +25,22 @@ import os
 import threading
 import warnings
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
 
-from nnunet_shape.core.connected_components import (Backend, postprocess_logits_argmax, region_or_label_mask,
-                                         remove_all_but_largest_component_from_segmentation)
+from nnunet_shape.core.connected_components import (
+    Backend,
+    postprocess_logits_argmax,
+    region_or_label_mask,
+    remove_all_but_largest_component_from_segmentation,
+)
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 METRIC_NAMES: tuple[str, ...] = ("Dice", "IoU", "FP", "TP", "FN", "TN", "n_pred", "n_ref")
 
 
@@ -60,13 +65,13 @@ def _load_plans_and_dataset(folder: str, plans_file_or_dict: str | dict | None,
     if plans_file_or_dict is None:
         expected = join(folder, "plans.json")
         if not isfile(expected):
-            raise RuntimeError(f"nnunet_shape/postprocessing_cli.py: expected plans file missing: {expected} "
+            raise RuntimeError(f"expected plans file missing: {expected} "
                                f"(pass -plans_json)")
         plans_file_or_dict = expected
     if dataset_json_file_or_dict is None:
         expected = join(folder, "dataset.json")
         if not isfile(expected):
-            raise RuntimeError(f"nnunet_shape/postprocessing_cli.py: expected dataset.json missing: {expected} "
+            raise RuntimeError(f"expected dataset.json missing: {expected} "
                                f"(pass -dataset_json)")
         dataset_json_file_or_dict = expected
     plans = plans_file_or_dict if isinstance(plans_file_or_dict, dict) else load_json(plans_file_or_dict)
@@ -256,11 +261,17 @@ def determine_postprocessing_on_device(folder_predictions: str, folder_ref: str,
     ``folder_predictions/postprocessed``. Returns ``(pp_fns, pp_fn_kwargs)`` as nnU-Net does.
     Does not read or write ``folder_predictions/summary.json`` (nnU-Net reuses a stale one).
     """
-    from batchgenerators.utilities.file_and_folder_operations import (join, maybe_mkdir_p, save_json,
-                                                                      save_pickle, subfiles)
+    from batchgenerators.utilities.file_and_folder_operations import (
+        join,
+        maybe_mkdir_p,
+        save_json,
+        save_pickle,
+        subfiles,
+    )
     from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key, save_summary_json
     from nnunetv2.postprocessing.remove_connected_components import (
-        remove_all_but_largest_component_from_segmentation as nnunet_lcc)
+        remove_all_but_largest_component_from_segmentation as nnunet_lcc,
+    )
     from nnunetv2.utilities.json_export import recursive_fix_for_json_export
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -277,7 +288,7 @@ def determine_postprocessing_on_device(folder_predictions: str, folder_ref: str,
 
     names = subfiles(folder_predictions, suffix=file_ending, join=False)
     if not names:
-        raise FileNotFoundError(f"nnunet_shape/postprocessing_cli.py: no '*{file_ending}' predictions in "
+        raise FileNotFoundError(f"no '*{file_ending}' predictions in "
                                 f"{folder_predictions}")
     reference_names = subfiles(folder_ref, suffix=file_ending, join=False)
     if not all(name in names for name in reference_names):

@@ -61,17 +61,16 @@ import argparse
 import glob
 import multiprocessing
 import os
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from time import sleep
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from torch import Tensor
 
 from nnunet_shape.core.connected_components import Backend, postprocess_logits_argmax
-
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 _FROM_MODEL_FOLDER = object()  # ``--postprocessing`` given without a value
 PP_BACKENDS: tuple[str, ...] = ("auto", "torch", "cc3d", "cucim")
@@ -84,7 +83,7 @@ PP_BACKENDS: tuple[str, ...] = ("auto", "torch", "cc3d", "cucim")
 def label_dtype(max_label: int) -> torch.dtype:
     """The smallest torch dtype that holds labels ``0..max_label`` (uint8, int16 or int32)."""
     if max_label < 0:
-        raise ValueError(f"nnunet_shape/predict.py: labels must be >= 0, got max label {max_label}")
+        raise ValueError(f"labels must be >= 0, got max label {max_label}")
     if max_label <= 255:
         return torch.uint8
     if max_label <= 32767:  # torch has no full uint16 support: nnU-Net also uses int16 on tensors
@@ -102,12 +101,12 @@ def labels_from_logits(logits: Tensor, regions_class_order: Sequence[int] | None
     order, later channels overwriting earlier ones — nnU-Net's ``convert_probabilities_to_segmentation``.
     """
     if logits.ndim not in (3, 4):
-        raise ValueError(f"nnunet_shape/predict.py: logits must be (K, X, Y) or (K, X, Y, Z), "
+        raise ValueError(f"logits must be (K, X, Y) or (K, X, Y, Z), "
                          f"got shape {tuple(logits.shape)}")
     if regions_class_order is None:
         return logits.argmax(0).to(label_dtype(logits.shape[0] - 1))
     if len(regions_class_order) != logits.shape[0]:
-        raise ValueError(f"nnunet_shape/predict.py: {logits.shape[0]} region channels but "
+        raise ValueError(f"{logits.shape[0]} region channels but "
                          f"regions_class_order has {len(regions_class_order)} entries")
     probabilities = nonlinearity(logits.float())  # nnU-Net: "softmax etc is not implemented for half"
     segmentation = torch.zeros(logits.shape[1:], dtype=label_dtype(max(regions_class_order, default=0)),
@@ -200,11 +199,11 @@ class ShapePredictor(nnUNetPredictor):
         super().__init__(tile_step_size, use_gaussian, use_mirroring, perform_everything_on_device, device,
                          verbose, verbose_preprocessing, allow_tqdm)
         if pp_backend not in PP_BACKENDS:
-            raise ValueError(f"nnunet_shape/predict.py: unknown pp_backend {pp_backend!r}; use one of {PP_BACKENDS}")
+            raise ValueError(f"unknown pp_backend {pp_backend!r}; use one of {PP_BACKENDS}")
         if postprocessing is not None:
             pp_fns, pp_fn_kwargs = postprocessing
             if len(pp_fns) != len(pp_fn_kwargs):
-                raise ValueError(f"nnunet_shape/predict.py: postprocessing has {len(pp_fns)} functions but "
+                raise ValueError(f"postprocessing has {len(pp_fns)} functions but "
                                  f"{len(pp_fn_kwargs)} keyword dicts")
         self.postprocessing = postprocessing
         self.pp_backend = pp_backend
@@ -263,7 +262,8 @@ class ShapePredictor(nnUNetPredictor):
         return super()._internal_get_data_iterator_from_lists_of_filenames(
             input_list_of_lists, seg_from_prev_stage_files, output_filenames_truncated, num_processes)
 
-    def predict_from_files_sequential(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+    def predict_from_files_sequential(self, list_of_lists_or_source_folder,
+                                      output_folder_or_list_of_truncated_output_files,
                                       save_probabilities: bool = False, overwrite: bool = True,
                                       folder_with_segs_from_prev_stage: str | None = None):
         """No worker processes: preprocessing and export in this process."""
@@ -283,7 +283,7 @@ class ShapePredictor(nnUNetPredictor):
         from nnunetv2.utilities.helpers import empty_cache
 
         if save_probabilities:
-            raise ValueError("nnunet_shape/predict.py: ShapePredictor exports label maps only; "
+            raise ValueError("ShapePredictor exports label maps only; "
                              "save_probabilities needs the logits on the host (use nnUNetv2_predict)")
         workers = num_processes_segmentation_export
         pool_context = multiprocessing.get_context("spawn").Pool(workers) if workers > 0 else nullcontext()
@@ -321,7 +321,7 @@ class ShapePredictor(nnUNetPredictor):
     def _collect(result, worker_list: list):
         while True:
             if not all(worker.is_alive() for worker in worker_list):
-                raise RuntimeError("nnunet_shape/predict.py: a segmentation export worker died (likely killed "
+                raise RuntimeError("a segmentation export worker died (likely killed "
                                    "by the OS for lack of RAM); use fewer export workers (-nps)")
             try:
                 return result.get(timeout=0.1)
@@ -348,11 +348,11 @@ def find_postprocessing_file(model_folder: str) -> str:
         return candidates[0]
     if not candidates:
         raise FileNotFoundError(
-            f"nnunet_shape/predict.py: no postprocessing.pkl in {model_folder} or its crossval_results_folds_*/ "
+            f"no postprocessing.pkl in {model_folder} or its crossval_results_folds_*/ "
             f"folders (run nnUNetv2_find_best_configuration or nnunet-shape determine-postprocessing first), "
             f"or pass the file: --postprocessing PATH")
     listed = "\n  ".join(candidates)
-    raise ValueError(f"nnunet_shape/predict.py: several postprocessing.pkl files for {model_folder}; "
+    raise ValueError(f"several postprocessing.pkl files for {model_folder}; "
                      f"pass one explicitly with --postprocessing PATH:\n  {listed}")
 
 
@@ -403,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         postprocessing_file = (find_postprocessing_file(model_folder) if args.postprocessing is _FROM_MODEL_FOLDER
                                else args.postprocessing)
         if not os.path.isfile(postprocessing_file):
-            raise FileNotFoundError(f"nnunet_shape/predict.py: --postprocessing file not found: {postprocessing_file}")
+            raise FileNotFoundError(f"--postprocessing file not found: {postprocessing_file}")
         pp_fns, pp_fn_kwargs = load_pickle(postprocessing_file)
         postprocessing = (pp_fns, pp_fn_kwargs)
         print(f"postprocessing on {device} ({args.pp_backend}) with {postprocessing_file}: "

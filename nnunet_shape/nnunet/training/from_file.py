@@ -20,7 +20,7 @@ unused.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -30,9 +30,14 @@ from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from nnunetv2.paths import nnUNet_raw
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_shape.descriptor_files.read import case_targets_array_frame, load_descriptor_folder
-from nnunet_shape.core.geometry import IndexAffine, raw_to_preprocessed_targets, training_patch_affine, transform_targets
+from nnunet_shape.core.geometry import (
+    IndexAffine,
+    raw_to_preprocessed_targets,
+    training_patch_affine,
+    transform_targets,
+)
 from nnunet_shape.core.losses import DescriptorBounds, bounds_from_targets
+from nnunet_shape.descriptor_files.read import case_targets_array_frame, load_descriptor_folder
 from nnunet_shape.nnunet.training.shape_trainers import LENGTH_VARIANTS, _length_variant, nnUNetTrainerShapeDescriptors
 from nnunet_shape.nnunet.training.whole_scan import WholeCaseDataLoader, load_preprocessed_image
 
@@ -319,9 +324,9 @@ class nnUNetTrainerShapeDescriptorsFromFile(nnUNetTrainerShapeDescriptors):
         ``validation/descriptor_agreement.json`` (relative volume error, centroid distance in mm
         per class and case).
         """
+        from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p
         from nnunetv2.inference.export_prediction import export_prediction_from_logits
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-        from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p
 
         from nnunet_shape.descriptor_files.export import export_files
         from nnunet_shape.descriptor_files.read import write_json_atomic

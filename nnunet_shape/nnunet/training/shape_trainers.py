@@ -13,7 +13,7 @@ Variants follow nnU-Net's idiom: small subclasses that change class attributes
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -85,7 +85,8 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         if self.optimizer_name == "sgd":
             return super().configure_optimizers()
         if self.optimizer_name != "adam":
-            raise ValueError(f"{type(self).__name__}.optimizer_name must be 'adam' or 'sgd', not {self.optimizer_name!r}")
+            raise ValueError(f"{type(self).__name__}.optimizer_name must be 'adam' or 'sgd', "
+                             f"not {self.optimizer_name!r}")
         optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, betas=self.adam_betas,
                                      weight_decay=self.weight_decay)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
@@ -252,8 +253,9 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         self.print_to_log_file("Pseudo dice (information only)",
                                [np.round(i, decimals=4) for i in
                                 self.logger.get_value("dice_per_class_or_region", step=-1)])
-        self.print_to_log_file(
-            f"Epoch time: {np.round(self.logger.get_value('epoch_end_timestamps', step=-1) - self.logger.get_value('epoch_start_timestamps', step=-1), decimals=2)} s")
+        epoch_seconds = (self.logger.get_value("epoch_end_timestamps", step=-1)
+                         - self.logger.get_value("epoch_start_timestamps", step=-1))
+        self.print_to_log_file(f"Epoch time: {np.round(epoch_seconds, decimals=2)} s")
         if (self.current_epoch + 1) % self.save_every == 0 and self.current_epoch != (self.num_epochs - 1):
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
         ema = self.logger.get_value(EMA_SATISFACTION_KEY, step=-1)

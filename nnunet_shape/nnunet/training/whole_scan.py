@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -24,8 +24,8 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunet_shape.nnunet.label_free import refuse_placeholder_labels
 from nnunet_shape.network.std_exp import STD_EXP_CLASS_NAME, std_exp_arch_kwargs, total_stride
+from nnunet_shape.nnunet.label_free import refuse_placeholder_labels
 
 #: environment variable: activation-memory budget (GiB) used to choose the batch size.
 MEMORY_BUDGET_ENV = "nnUNetShape_memory_budget_gb"
@@ -47,7 +47,8 @@ def parse_mirror_axes(value: str, ndim: int, source: str = MIRROR_AXES_ENV) -> t
     try:
         axes = tuple(int(part) for part in text.replace(" ", "").split(","))
     except ValueError:
-        raise ValueError(f"{source}={value!r}: expected comma-separated axis indices such as '0,2', or 'none'") from None
+        raise ValueError(f"{source}={value!r}: expected comma-separated axis indices such as '0,2', "
+                         "or 'none'") from None
     return validate_mirror_axes(axes, ndim, source)
 
 
