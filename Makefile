@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nnunet-shape-installed
 
-.PHONY: test test-slow test-all demo bench venv clean
+.PHONY: test test-slow test-all test-gpu lint demo bench gpu-check venv clean
 
 venv: $(STAMP)
 
@@ -28,11 +28,26 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest tests
 
+# The device-parametrised tests (core, network, loss, postprocessing, a trainer step) on CUDA;
+# skipped with a message when there is no GPU. DEVICE=cuda:1 picks another GPU.
+DEVICE ?= cuda
+test-gpu: $(STAMP)
+	$(PY) -m pytest -m "not slow" --device $(DEVICE) -rs tests
+
+# ruff's configuration is in pyproject.toml (line length, import order, pyupgrade)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
 demo: $(STAMP)
 	$(PY) -m nnunet_shape.demo --output demo_output
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py --output benchmarks/results.md
+
+# Every GPU claim of docs/performance.md on one CUDA GPU, < 8 min: one table, JSON in benchmarks/.
+# `benchmarks/gpu_check.py --small` is the CPU rehearsal (run by `make test`).
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --device $(DEVICE) --output benchmarks/gpu_check.json
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

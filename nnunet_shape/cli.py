@@ -2,7 +2,8 @@
 
 Each sub-command lives in the module that owns the feature and exposes ``main(argv) -> int``;
 this file only dispatches, and imports lazily so that ``nnunet-shape trainers-dir`` stays fast
-(no torch, no nnU-Net import).
+(no torch, no nnU-Net import). Every sub-command shares one error path
+(:func:`nnunet_shape.errors.run_console`): bad input is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+
+from nnunet_shape.errors import run_console
 
 # the folder nnUNet_extTrainer points at: re-export modules only (see its __init__)
 TRAINERS_PACKAGE = "nnunet_shape.nnunet.trainers"
@@ -32,6 +35,16 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                            "write placeholder labelsTr for a label-free dataset"),
     "export-descriptors": ("nnunet_shape.descriptor_files.cli", "main",
                            "per-case descriptor JSON/CSV (same as nnUNetv2_export_descriptors)"),
+    "simulate-points": ("nnunet_shape.nnunet.weak_annotations", "simulate_points_main",
+                        "simulate N surface points per class from labelsTr into pointsTr (paper 003)"),
+    "fit-templates": ("nnunet_shape.nnunet.weak_annotations", "fit_templates_main",
+                      "deform a sphere to each class's points: rough labels in templatesTr (paper 003)"),
+    "simulate-slices": ("nnunet_shape.nnunet.sparse_slices", "simulate_slices_main",
+                        "sparse-slice baseline: K labelled slices per plane, the rest nnU-Net's ignore label"),
+    "population-prior": ("nnunet_shape.nnunet.population_prior", "main",
+                         "learn a population prior file (ranges and relations, anatomical frame) from labelsTr"),
+    "click-bounds": ("nnunet_shape.nnunet.click_bounds", "main",
+                     "per-case descriptor bounds (kind prior files) from surface points in pointsTr"),
 }
 
 
@@ -72,8 +85,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nnunet-shape: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, function_name, _ = SUBCOMMANDS[name]
-    function: Callable[[Sequence[str]], int] = getattr(importlib.import_module(module_name), function_name)
-    return int(function(rest) or 0)
+
+    def run() -> int:
+        function: Callable[[Sequence[str]], int] = getattr(importlib.import_module(module_name), function_name)
+        return int(function(rest) or 0)
+
+    # bad input (UserError, OSError): one line on stderr and exit code 2; anything else is a bug
+    # and keeps its traceback
+    return run_console(f"nnunet-shape {name}", run)
 
 
 if __name__ == "__main__":

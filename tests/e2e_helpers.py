@@ -77,8 +77,8 @@ def train_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def make_trainer(root: Path, cls: type, monkeypatch, configuration: str = "3d_fullres",
-                 dataset: str = "Dataset701_Tiny"):
-    """Construct trainer ``cls`` in-process on a planned dataset under ``root`` (CPU)."""
+                 dataset: str = "Dataset701_Tiny", device: str = "cpu"):
+    """Construct trainer ``cls`` in-process on a planned dataset under ``root`` (on ``device``, CPU by default)."""
     import torch
 
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -89,4 +89,4 @@ def make_trainer(root: Path, cls: type, monkeypatch, configuration: str = "3d_fu
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
     plans["continue_training"] = False
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-    return cls(plans, configuration, 0, dataset_json, torch.device("cpu"))
+    return cls(plans, configuration, 0, dataset_json, torch.device(device))

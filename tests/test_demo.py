@@ -16,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_shape.demo import run as demo
+from nnunet_shape.demo.console import is_console_line, parse_progress
 from nnunet_shape.demo.overlays import (
     CLASS_COLOURS,
     class_colours,
@@ -24,23 +25,20 @@ from nnunet_shape.demo.overlays import (
     most_labelled_slice,
     save_overlay_figure,
 )
-from nnunet_shape.demo.run import (
-    SETTINGS,
+from nnunet_shape.demo.report import (
     TableRow,
     chance_dice,
-    descriptor_value_count,
+    compartments_found,
+    format_compartment_table,
     format_descriptor_error_table,
     format_dice_table,
-    is_console_line,
-    keep_largest_component_per_label,
+    format_postprocessing_decisions,
     ordering_verdict,
-    parse_progress,
-    phantom_spacing,
-    postprocess_folder,
     table_rows,
-    voxel_annotation_count,
     write_table_csv,
 )
+from nnunet_shape.demo.run import keep_largest_component_per_label, postprocess_folder
+from nnunet_shape.demo.settings import SETTINGS, descriptor_value_count, phantom_spacing, voxel_annotation_count
 
 # ------------------------------------------------------------------------------------------------
 # counting annotations
@@ -276,6 +274,53 @@ def test_postprocess_folder_keeps_geometry(tmp_path):
         postprocess_folder(tmp_path / "out", tmp_path / "x", [1], file_ending=".mha")
 
 
+def _decision(label, name, applied, before, after, step="keep the largest component") -> dict:
+    return {"label": label, "class": name, "step": step, "applied": applied, "before": before, "after": after,
+            "rule": "dice", "components": 1, "criterion": "", "detail": ""}
+
+
+def test_format_postprocessing_decisions():
+    decisions = {
+        "full_supervision": [_decision("foreground", "all foreground labels", False, 0.9, 0.5),
+                             _decision(1, "femur", True, 0.98, 0.99),
+                             _decision(4, "tibial_cartilage", False, 0.875, 0.592)],
+        "vc": [_decision("foreground", "all foreground labels", False, 0.4, 0.3),
+               _decision(1, "femur", False, 0.5, 0.5),
+               _decision(4, "tibial_cartilage", True, 0.3, 0.31, "keep the 2 largest components")],
+    }
+    lines = format_postprocessing_decisions(decisions, SETTINGS).strip().splitlines()
+    assert lines[0] == "| Setting | all foreground | femur | tibial_cartilage |"
+    assert lines[2] == ("| Full supervision | not applied (largest component), 90.00 → 50.00 "
+                        "| **largest component**, 98.00 → 99.00 | not applied (largest component), 87.50 → 59.20 |")
+    assert lines[3] == ("| V+C | not applied (largest component), 40.00 → 30.00 | not applied (largest component), "
+                        "50.00 → 50.00 | **2 largest components**, 30.00 → 31.00 |")
+    assert lines[4] == "| V+C+D | - | - | - |"  # no decision for that setting
+
+
+def test_compartments_found():
+    reference = np.zeros((3, 4, 12), dtype=bool)
+    reference[1, 1:3, 0:4] = True  # compartment of 8 voxels
+    reference[1, 1:3, 7:12] = True  # compartment of 10 voxels
+    prediction = np.zeros_like(reference)
+    assert compartments_found(reference, prediction) == (0, 2)
+    prediction[1, 1, 0] = True  # 1/8 of the first: found at 10 %
+    assert compartments_found(reference, prediction) == (1, 2)
+    prediction[1, 1, 11] = True  # 1/10 of the second: found (>= 10 %)
+    assert compartments_found(reference, prediction) == (2, 2)
+    assert compartments_found(reference, prediction, min_fraction=0.2) == (0, 2)
+    prediction[0, 0, 5] = True  # voxels outside the reference change nothing
+    assert compartments_found(reference, prediction) == (2, 2)
+    assert compartments_found(np.zeros_like(reference), prediction) == (0, 0)
+
+
+def test_format_compartment_table():
+    counts = {"full_supervision": {4: [(2, 2), (2, 2)]}, "vc": {4: [(1, 2), (2, 2)]}, "vcd": {4: [(1, 2), (1, 2)]}}
+    lines = format_compartment_table(counts, SETTINGS, {4: "tibial_cartilage"}).strip().splitlines()
+    assert lines[0] == "| Setting | tibial_cartilage |"
+    assert lines[2:] == ["| Full supervision | 2/2 cases (2/2, 2/2) |", "| V+C | 1/2 cases (1/2, 2/2) |",
+                         "| V+C+D | 0/2 cases (1/2, 1/2) |"]
+
+
 # ------------------------------------------------------------------------------------------------
 # console output of nnU-Net's scripts
 # ------------------------------------------------------------------------------------------------
@@ -423,7 +468,7 @@ def test_demo_smoke_run(tmp_path):
     with open(output / "table.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["setting"], r["postprocessing"]) for r in rows] == [
-        (s.title, v) for s in SETTINGS for v in ("raw", "largest_component")]
+        (s.title, v) for s in SETTINGS for v in ("raw", "largest_component", "chosen")]
     assert {r["annotations_per_case"] for r in rows} == {str(math.prod(shape)), "16", "28"}
     for row in rows:
         slug = next(s.slug for s in SETTINGS if s.title == row["setting"])
@@ -432,7 +477,7 @@ def test_demo_smoke_run(tmp_path):
         assert 0.0 <= float(row["dice_femur_mean"]) <= 1.0
         assert row["trainer"].endswith("_debug")
     with open(output / "descriptor_errors.csv") as handle:
-        assert len(list(csv.DictReader(handle))) == 3 * 2 * 4
+        assert len(list(csv.DictReader(handle))) == 3 * 3 * 4
 
     # postprocessed predictions: at most one component per label, a subset of the raw prediction
     for setting in SETTINGS:
@@ -449,8 +494,36 @@ def test_demo_smoke_run(tmp_path):
                 # only the largest component survives (all of them on a tie: nnU-Net's rule)
                 assert kept_sizes == ({max(raw_sizes)} if raw_sizes else set()), (raw_sizes, kept_sizes)
 
+    # the chosen postprocessing: nnU-Net's decision on each model's validation cases, applied to the test cases
+    from batchgenerators.utilities.file_and_folder_operations import load_pickle
+    from nnunetv2.postprocessing.remove_connected_components import apply_postprocessing
+
+    for setting in SETTINGS:
+        folder = output / "postprocessing" / setting.slug
+        record = json.loads((folder / "postprocessing.json").read_text())
+        assert [d["label"] for d in record["decisions"]] == ["foreground", 1, 2, 3, 4]
+        assert {d["rule"] for d in record["decisions"]} == {"dice"}
+        pp_fns, pp_fn_kwargs = load_pickle(str(folder / "postprocessing.pkl"))
+        assert [k["labels_or_regions"] for k in pp_fn_kwargs] == (
+            [[1, 2, 3, 4]] * record["decisions"][0]["applied"]
+            + [d["label"] for d in record["decisions"][1:] if d["applied"]])
+        for raw_file in sorted((output / "predictions" / setting.slug / "raw").glob("*.nii.gz")):
+            raw = sitk.GetArrayFromImage(sitk.ReadImage(str(raw_file)))
+            chosen = sitk.GetArrayFromImage(sitk.ReadImage(str(raw_file.parent.parent / "chosen" / raw_file.name)))
+            np.testing.assert_array_equal(chosen, apply_postprocessing(raw, pp_fns, pp_fn_kwargs))
+        assert "Results were improved" in (output / "logs" / f"postprocessing_{setting.slug}.log").read_text() or \
+            "did not improve" in (output / "logs" / f"postprocessing_{setting.slug}.log").read_text()
+    assert "Full supervision: postprocessing all foreground (all foreground labels): keep the largest component" \
+        in completed.stdout
+
     report = (output / "report.md").read_text()
     assert "Table 1" in report and "## Timings" in report and "ordering full supervision" in report
+    headings = ["## Table 1 (test set, postprocessing chosen on the validation cases)",
+                "### The postprocessing chosen per label", "### After the largest component of every label, "
+                "unconditionally", "### Before postprocessing"]
+    assert all(h in report for h in headings)
+    assert [report.index(h) for h in headings] == sorted(report.index(h) for h in headings)
+    assert "| Setting | all foreground | femur | femoral_cartilage | tibia | tibial_cartilage |" in report
     # every model was trained (and predicts) without superior-inferior mirroring: read back from
     # the checkpoints nnU-Net wrote, so this fails if the setting did not reach the trainers
     assert ("Mirroring (augmentation and test-time axes): Full supervision: (0, 2); V+C: (0, 2); "

@@ -1,5 +1,6 @@
 """nnUNetv2_export_descriptors: values against the descriptor core and SimpleITK, CLI forms,
-summary/CSV, idempotency, absent classes, regions, atomic writes."""
+summary/CSV, idempotency, absent classes, regions, atomic writes; measure's mask descriptors,
+nnU-Net's 2-D layout and the errors of a prediction."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 from nnunet_shape.core import descriptors as core
 from nnunet_shape.descriptor_files import export as exporter
+from nnunet_shape.descriptor_files import measure
 from nnunet_shape.descriptor_files.cli import main as cli_main
 from nnunet_shape.descriptor_files.read import load_case_descriptors, load_descriptor_folder
 
@@ -241,7 +243,7 @@ def test_cli_rejects_incomplete_arguments(argv):
 
 def test_cli_unknown_dataset_is_an_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("nnUNet_raw", str(tmp_path))
-    assert cli_main(["-d", "999"]) == 1
+    assert cli_main(["-d", "999"]) == 2  # every console script: bad input is exit code 2
     assert "Dataset999_*" in capsys.readouterr().err
 
 
@@ -350,7 +352,7 @@ def test_nibabel_reader_gives_the_same_world_frame(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("failure, error", [("dump", OSError), ("dump", KeyboardInterrupt), ("replace", OSError)])
 def test_interrupted_export_leaves_no_partial_file(raw_dataset, monkeypatch, failure, error):
-    import nnunet_shape.descriptor_files.read as io_module
+    import nnunet_shape.descriptor_files.atomic as io_module
 
     def broken_dump(obj, handle, **kwargs):
         handle.write('{"schema": "nnunet-shape/descriptors/v1", "kind": "meas')  # half a file, then the failure
@@ -371,3 +373,84 @@ def test_interrupted_export_leaves_no_partial_file(raw_dataset, monkeypatch, fai
     monkeypatch.setenv("nnUNet_raw", str(raw_dataset.parent))
     exporter.export_dataset("701", num_processes=1)
     assert sorted(p.name for p in out.iterdir()) == ["knee_000.json", "knee_001.json", "summary.json"]
+
+
+# ------------------------------------------------------------------------------------------
+# measure: one mask, the 2-D layout of nnU-Net's readers, errors of a prediction
+# ------------------------------------------------------------------------------------------
+
+
+def test_mask_descriptors_of_a_box_by_hand():
+    mask = np.zeros((6, 9, 7), bool)
+    mask[2:4, 1:4, 5] = True  # 2 x 3 x 1 voxels of 2.0 x 0.5 x 1.0 mm (1 mm^3 each)
+    values = measure.mask_descriptors(mask, (2.0, 0.5, 1.0))
+    assert float(values["volume"]) == 6.0
+    np.testing.assert_allclose(values["centroid"], [2.5 * 2.0, 2.0 * 0.5, 5.0 * 1.0], rtol=1e-12)
+    # per axis: variance of the indices times spacing^2 ({2, 3}: 1/4, {1, 2, 3}: 2/3, {5}: 0)
+    np.testing.assert_allclose(values["covariance"], np.diag([0.25 * 4.0, 2 / 3 * 0.25, 0.0]), atol=1e-12)
+    np.testing.assert_allclose(values["spread"], np.sqrt([0.25 * 4.0, 2 / 3 * 0.25, 0.0]), atol=1e-7)
+    # faces: 2 * 3 of 0.5 mm^2 (normal z), 2 * 2 of 2.0 mm^2 (normal y), 2 * 6 of 1.0 mm^2 (normal x)
+    assert float(values["surface"]) == pytest.approx(6 * 0.5 + 4 * 2.0 + 12 * 1.0, rel=1e-12)
+
+
+def test_mask_descriptors_crop_equals_the_whole_array():
+    labels = knee_labels()
+    spacing = (2.5, 1.1, 0.7)
+    for label in (1, 2, 3):  # femur touches the border, tibia is scattered, patella is one voxel
+        mask = labels == label
+        cropped = measure.mask_descriptors(mask, spacing)
+        whole = core.compute_descriptors(torch.from_numpy(mask.astype(np.float64))[None, None],
+                                         torch.tensor(spacing, dtype=torch.float64),
+                                         names=measure.MASK_DESCRIPTOR_NAMES)
+        for name in measure.MASK_DESCRIPTOR_NAMES:
+            np.testing.assert_allclose(cropped[name], whole[name][0, 0].numpy(), rtol=1e-12, atol=1e-12,
+                                       err_msg=f"label {label} {name}")
+
+
+def test_mask_descriptors_of_an_empty_mask():
+    values = measure.mask_descriptors(np.zeros((4, 5), bool), (1.0, 2.0), names=("volume", "centroid", "surface"))
+    assert float(values["volume"]) == 0.0 and float(values["surface"]) == 0.0
+    assert values["centroid"].shape == (2,)
+
+
+ERRORS_TABLE = {
+    "identical": (36.0, 36.0, (1.0, 2.0, 3.0), (1.0, 2.0, 3.0), 0.0, 0.0),
+    "grown-by-a-third": (36.0, 48.0, (0.0, 0.0, 0.0), (1.0, 0.0, 0.0), 1 / 3, 1.0),
+    "shrunk-and-shifted": (27.0, 18.0, (0.0, 0.0, 0.0), (2.0, 0.5, -1.0), 1 / 3, 5.25 ** 0.5),
+    "no-reference": (0.0, 5.0, None, (1.0, 1.0, 1.0), float("nan"), float("nan")),
+    "empty-prediction": (24.0, 0.0, (1.0, 1.0, 1.0), None, 1.0, float("nan")),
+}
+
+
+@pytest.mark.parametrize("v_ref, v_pred, c_ref, c_pred, relative, distance", ERRORS_TABLE.values(),
+                         ids=ERRORS_TABLE.keys())
+def test_volume_and_centroid_errors(v_ref, v_pred, c_ref, c_pred, relative, distance):
+    got = measure.volume_and_centroid_errors(v_ref, v_pred, c_ref, c_pred)
+    np.testing.assert_allclose(got, (relative, distance), rtol=1e-12, atol=0)  # NaN == NaN here
+
+
+IDENTITY_3D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+PROPERTIES_TABLE = {  # reader properties of an array (1, 1, 8, 6) -> native 2-D?, geometry shape, spacing
+    "natural-image-2d": ({"spacing": (999.0, 1.0, 1.0)}, True, (8, 6), (1.0, 1.0)),
+    "no-geometry-3d": ({"spacing": (1.0, 1.0, 1.0)}, False, (1, 8, 6), (1.0, 1.0, 1.0)),
+    "simpleitk-2d": ({"spacing": (999 * 2.0, 2.0, 0.5),
+                      "sitk_stuff": {"spacing": (0.5, 2.0), "origin": (1.0, 2.0), "direction": (0.0, 1.0, -1.0, 0.0)}},
+                     True, (8, 6), (2.0, 0.5)),
+    # a 3-D file of one slice with nnU-Net's dummy spacing keeps its axes: its world frame is 3-D
+    "simpleitk-3d-one-slice": ({"spacing": (999.0, 2.0, 0.5),
+                                "sitk_stuff": {"spacing": (0.5, 2.0, 999.0), "origin": (0.0, 0.0, 0.0),
+                                               "direction": IDENTITY_3D}},
+                               False, (1, 8, 6), (999.0, 2.0, 0.5)),
+    "nibabel-one-slice": ({"spacing": (999.0, 1.0, 1.0), "nibabel_stuff": {"original_affine": np.eye(4)}},
+                          False, (1, 8, 6), (999.0, 1.0, 1.0)),
+}
+
+
+@pytest.mark.parametrize("properties, native_2d, shape, spacing", PROPERTIES_TABLE.values(),
+                         ids=PROPERTIES_TABLE.keys())
+def test_geometry_from_properties_drops_only_the_dummy_axis_of_2d_images(properties, native_2d, shape, spacing):
+    got_2d, geometry = measure.geometry_from_properties(properties, (1, 1, 8, 6))
+    assert got_2d is native_2d
+    assert geometry.shape == shape and geometry.spacing_mm == spacing
+    assert geometry.axis_order == (("y", "x") if len(shape) == 2 else ("z", "y", "x"))
+    assert len(geometry.direction) == len(geometry.origin_mm)

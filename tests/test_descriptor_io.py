@@ -1,5 +1,5 @@
-"""nnunet_shape.descriptor_files.read: validation errors, hand-written priors, targets for the trainer,
-atomic writes, and the round trip export -> load -> targets."""
+"""nnunet_shape.descriptor_files: validation errors (read), hand-written priors, targets for the trainer
+(targets), atomic writes (atomic), and the round trip measure/export -> load -> targets."""
 
 from __future__ import annotations
 
@@ -16,18 +16,19 @@ import torch
 
 from nnunet_shape.core import descriptors as core
 from nnunet_shape.descriptor_files import export as exporter
-from nnunet_shape.descriptor_files.read import (
+from nnunet_shape.descriptor_files import measure
+from nnunet_shape.descriptor_files.atomic import write_json_atomic
+from nnunet_shape.descriptor_files.model import (
+    NNUNET_2D_SPACING_FACTOR,
     SCHEMA_ID,
     CaseDescriptors,
     ClassSpec,
     DescriptorFileError,
-    case_targets_array_frame,
     class_specs_from_dataset_json,
-    load_case_descriptors,
-    load_descriptor_folder,
-    load_schema,
-    write_json_atomic,
+    is_nnunet_2d_layout,
 )
+from nnunet_shape.descriptor_files.read import load_case_descriptors, load_descriptor_folder, load_schema
+from nnunet_shape.descriptor_files.targets import case_targets_array_frame
 
 DATASET_JSON = {"labels": {"background": 0, "femur": 1, "tibia": 2, "patella": 3}, "file_ending": ".nii.gz",
                 "channel_names": {"0": "MR"}, "numTraining": 1}
@@ -44,14 +45,14 @@ def label_map() -> np.ndarray:
 
 def measured_case(case_id: str = "knee_007") -> dict:
     """A valid measured v1 object made by the exporter in memory."""
-    geometry = exporter.Geometry(shape=(6, 9, 7), spacing_mm=SPACING_ZYX, axis_order=("z", "y", "x"),
+    geometry = measure.Geometry(shape=(6, 9, 7), spacing_mm=SPACING_ZYX, axis_order=("z", "y", "x"),
                                  origin_mm=(1.0, 2.0, 3.0),
                                  direction=((0.0, 1.0, 0.0), (-1.0, 0.0, 0.0), (0.0, 0.0, 1.0)),
                                  world_frame="ITK-LPS")
     specs = class_specs_from_dataset_json(DATASET_JSON)
     source = {"file": "/data/labelsTr/knee_007.nii.gz", "size_bytes": 1, "mtime_ns": 1, "reader": "SimpleITKIO"}
     export = {"tool": "test", "settings_hash": "0"}
-    return exporter.case_descriptors(label_map(), geometry, specs, case_id, source, export)
+    return measure.case_descriptors(label_map(), geometry, specs, case_id, source, export)
 
 
 def write(tmp_path: Path, obj: dict, name: str = "knee_007.json", allow_nan: bool = False) -> Path:
@@ -293,13 +294,15 @@ def test_single_slice_file_feeds_a_2d_network(tmp_path):
     np.testing.assert_array_equal(t["covariance"][0][1], np.asarray(obj["classes"]["femur"]["covariance_mm2"])[1:, 1:])
 
 
-def test_folder_loader_skips_summary_and_rejects_duplicate_case_ids(tmp_path):
-    write(tmp_path, measured_case(), "a.json")
+def test_folder_loader_skips_summary_and_rejects_a_case_id_that_is_not_the_file_name(tmp_path):
+    write(tmp_path, measured_case(), "knee_007.json")
     write(tmp_path, {"schema": SCHEMA_ID, "kind": "summary"}, "summary.json")
-    (tmp_path / ".a.json.x1y2.tmp").write_text("{")  # a temporary file left by a hard kill
+    (tmp_path / ".knee_007.json.x1y2.tmp").write_text("{")  # a temporary file left by a hard kill
     assert list(load_descriptor_folder(tmp_path, DATASET_JSON)) == ["knee_007"]
-    write(tmp_path, measured_case(), "b.json")
-    with pytest.raises(DescriptorFileError, match=r"b\.json: case 'knee_007': field \$\.case_id: duplicate"):
+    # a copy under another case's name (which would also be a second knee_007) is refused
+    write(tmp_path, measured_case(), "knee_008.json")
+    with pytest.raises(DescriptorFileError, match=r"knee_008\.json: case 'knee_007': field \$\.case_id: case_id "
+                                                  r"'knee_007' does not match the file name"):
         load_descriptor_folder(tmp_path, DATASET_JSON)
 
 
@@ -340,3 +343,68 @@ def test_docs_examples_are_valid_v1_files(tmp_path):
         path = write(tmp_path, obj, f"example{index}.json")
         case = load_case_descriptors(path, dataset_json if obj["kind"] == "prior" else None)
         case_targets_array_frame(case, [0, 1, 2, 3], dim=3)
+
+
+# nnU-Net's readers: SimpleITKIO gives a 2-D image (sy, sx) the spacing (999 * max(sy, sx), sy, sx),
+# NaturalImage2DIO (999, 1, 1); half the factor is the threshold
+LAYOUT_2D_TABLE = {
+    "simpleitk-2d": ((1, 8, 6), (999 * 2.0, 2.0, 0.5), True),
+    "natural-image-2d": ((1, 8, 6), (999.0, 1.0, 1.0), True),
+    "at-the-threshold": ((1, 8, 6), (499.5 * 2.0, 2.0, 0.5), True),
+    "below-the-threshold": ((1, 8, 6), (499.0 * 2.0, 2.0, 0.5), False),
+    "single-slice-real-spacing": ((1, 8, 6), (2.0, 0.5, 1.25), False),
+    "single-slice-shape-only": ((1, 8, 6), None, True),
+    "two-slices": ((2, 8, 6), (999.0, 1.0, 1.0), False),
+    "size-1-not-first": ((8, 1, 6), (1.0, 999.0, 1.0), False),
+    "already-2d": ((8, 6), (2.0, 0.5), False),
+    "2d-shape-only": ((8, 6), None, False),
+}
+
+
+@pytest.mark.parametrize("shape, spacing, expected", LAYOUT_2D_TABLE.values(), ids=LAYOUT_2D_TABLE.keys())
+def test_nnunet_2d_layout_rule(shape, spacing, expected):
+    assert is_nnunet_2d_layout(shape, spacing) is expected
+
+
+def test_the_nnunet_layer_uses_the_same_2d_rule():
+    from nnunet_shape.nnunet import frames
+
+    assert frames.is_nnunet_2d_layout is is_nnunet_2d_layout
+    assert frames.NNUNET_2D_SPACING_FACTOR == NNUNET_2D_SPACING_FACTOR == 999
+
+
+def _package_imports(module_file: Path) -> set[str]:
+    import ast
+
+    tree = ast.parse(module_file.read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name.startswith("nnunet_shape.descriptor_files.")}
+
+
+# module -> the descriptor_files modules it may import (lower ones only; the reading side, read and
+# targets, never the writing side, measure and export)
+DESCRIPTOR_FILES_IMPORTS = {
+    "model": set(),
+    "json_schema": set(),
+    "atomic": {"model"},
+    "read": {"model", "json_schema"},
+    "targets": {"model"},
+    "measure": {"model"},
+    "export": {"model", "atomic", "measure"},
+    "cli": {"export"},
+    "population_prior": {"model", "json_schema", "atomic"},
+}
+
+
+@pytest.mark.parametrize("module", DESCRIPTOR_FILES_IMPORTS)
+def test_descriptor_file_modules_import_only_lower_ones(module):
+    folder = Path(__file__).resolve().parents[1] / "nnunet_shape" / "descriptor_files"
+    prefix = "nnunet_shape.descriptor_files."
+    imported = {name[len(prefix):].split(".")[0] for name in _package_imports(folder / f"{module}.py")}
+    assert imported <= DESCRIPTOR_FILES_IMPORTS[module], f"{module} imports {sorted(imported)}"

@@ -246,3 +246,14 @@ def test_prediction_without_reference_is_reported(folders, tmp_path: Path) -> No
     _write(_reference(), tmp_path / "orphan.nii.gz")
     with pytest.raises(FileNotFoundError, match="orphan.nii.gz"):
         evaluate_folder(folders["ref"], tmp_path, folders["dataset_json"])
+
+
+def test_the_dummy_2d_axis_is_dropped_from_every_array_and_the_spacing() -> None:
+    from nnunet_shape.nnunet.frames import drop_nnunet_2d_axis
+
+    ref, pred = np.zeros((1, 8, 6)), np.ones((1, 8, 6))
+    (ref2, pred2), spacing = drop_nnunet_2d_axis((ref, pred), (999 * 2.0, 2.0, 0.5))
+    assert ref2.shape == pred2.shape == (8, 6) and pred2.sum() == 48 and spacing == [2.0, 0.5]
+    # a single slice with a real spacing is a 3-D image: measured as it is
+    (ref3,), spacing = drop_nnunet_2d_axis((ref,), (2.0, 0.5, 1.0))
+    assert ref3.shape == (1, 8, 6) and spacing == [2.0, 0.5, 1.0]

@@ -73,8 +73,8 @@ def test_file_targets_follow_the_augmented_labels(exported, monkeypatch, force):
     loader = _augmenting_loader(trainer, force)
     for _ in range(3):
         batch = next(loader)
-        bounds = trainer._batch_bounds(batch)
-        spacing = trainer._batch_spacing(batch["keys"], 3).double()
+        bounds, spacing = trainer._loss_targets(batch)
+        spacing = spacing.double()
         seg = batch["target"].clone()
         seg[seg < 0] = 0
         actual = descriptors_from_labels(seg, 3, spacing, ("volume", "centroid", "spread"))

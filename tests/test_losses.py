@@ -199,9 +199,9 @@ def test_single_region_float_target_is_a_mask():
     assert abs(result.loss.item()) < 1e-9  # the mask is its own target
 
 
-def test_module_equals_function_and_keeps_last_result():
-    labels = two_ellipsoids((12, 12, 8))
-    probs = torch.softmax(torch.randn(1, 3, 12, 12, 8, dtype=torch.float64), 1).requires_grad_()
+def test_module_equals_function_and_keeps_last_result(device):
+    labels = two_ellipsoids((12, 12, 8)).to(device)
+    probs = torch.softmax(torch.randn(1, 3, 12, 12, 8, dtype=torch.float64, device=device), 1).requires_grad_()
     loss_fn = ShapeDescriptorLoss(t=3.0, priors=(RatioPrior("volume", 2, 1, 0.5, 2.0),))
     module_loss = loss_fn(probs, labels)
     values = descriptors_from_labels(labels, 3, None, loss_fn.target_names(), dtype=torch.float64)
@@ -228,15 +228,15 @@ def test_t_attribute_changes_the_loss():
 
 
 @pytest.mark.parametrize("descriptors", [("volume",), ("centroid", "spread"), ALL])
-def test_gradcheck_loss(descriptors):
+def test_gradcheck_loss(descriptors, device):
     torch.manual_seed(1)
-    labels = torch.zeros(1, 1, 4, 5, 3, dtype=torch.long)
+    labels = torch.zeros(1, 1, 4, 5, 3, dtype=torch.long, device=device)
     labels[0, 0, 1:3, 1:4, 0:2] = 1
     labels[0, 0, 3, 0:2, 1:3] = 2
     bounds = bounds_from_targets(
         descriptors_from_labels(labels, 3, (1.0, 2.0, 0.5), ALL, dtype=torch.float64)
     )
-    logits = torch.randn(1, 3, 4, 5, 3, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(1, 3, 4, 5, 3, dtype=torch.float64, device=device, requires_grad=True)
     prior = (EqualCentroidPrior(1, 2, 1.0), RatioPrior("surface", 1, 2, 0.5, 3.0))
 
     def f(x):
@@ -249,12 +249,12 @@ def test_gradcheck_loss(descriptors):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_reductions(reduction):
+def test_reductions(reduction, device):
     torch.manual_seed(2)
     empty = torch.zeros(1, 1, 12, 12, 8, dtype=torch.long)
-    labels = torch.cat([two_ellipsoids((12, 12, 8)), empty])
+    labels = torch.cat([two_ellipsoids((12, 12, 8)), empty]).to(device)
     labels[1, 0, 2:6, 2:6, 2:5] = 2  # case 1: class 1 absent
-    probs = torch.softmax(torch.randn(2, 3, 12, 12, 8, dtype=torch.float64), 1)
+    probs = torch.softmax(torch.randn(2, 3, 12, 12, 8, dtype=torch.float64, device=device), 1)
     per_case = [
         ShapeDescriptorLoss(reduction="mean")(probs[b : b + 1], labels[b : b + 1]) for b in range(2)
     ]
@@ -279,9 +279,9 @@ def test_adding_a_descriptor_does_not_rescale_the_others():
     torch.testing.assert_close(few.terms["volume"], more.terms["volume"])
 
 
-def test_satisfied_flags_per_class_and_component():
+def test_satisfied_flags_per_class_and_component(device):
     shape = (16, 16, 16)
-    pred = cube_probs(shape, (2, 2, 2), (6, 6, 6), num_classes=3)
+    pred = cube_probs(shape, (2, 2, 2), (6, 6, 6), num_classes=3).to(device)
     pred[:, 2, 10:14, 10:14, 10:14] = 1.0
     pred[:, 0, 10:14, 10:14, 10:14] = 0.0
     target_values = compute_descriptors(pred, None, ("volume", "centroid"))
@@ -450,9 +450,9 @@ def test_natural_units_are_flat_for_narrow_intervals_half_width_is_not():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_probs(dtype):
-    labels = two_ellipsoids((24, 24, 16))
-    logits = torch.randn(1, 3, 24, 24, 16).to(dtype).requires_grad_()
+def test_half_precision_probs(dtype, device):
+    labels = two_ellipsoids((24, 24, 16)).to(device)
+    logits = torch.randn(1, 3, 24, 24, 16, device=device).to(dtype).requires_grad_()
     loss_fn = ShapeDescriptorLoss(descriptors=ALL)
     loss = loss_fn(torch.softmax(logits, 1), labels, spacing=(1.0, 1.0, 2.0))
     (grad,) = torch.autograd.grad(loss, logits)

@@ -78,9 +78,10 @@ SHAPE_CASES = [
 
 
 @pytest.mark.parametrize("strides, spatial", SHAPE_CASES)
-def test_deep_supervision_outputs_match_nnunet_scales(strides: list[list[int]], spatial: tuple[int, ...]) -> None:
-    net = build(strides, input_channels=2, num_classes=3)
-    x = torch.randn(2, 2, *spatial)
+def test_deep_supervision_outputs_match_nnunet_scales(strides: list[list[int]], spatial: tuple[int, ...],
+                                                     device: torch.device) -> None:
+    net = build(strides, input_channels=2, num_classes=3).to(device)
+    x = torch.randn(2, 2, *spatial, device=device)
     outputs = net(x)
     scales = nnunet_ds_scales(strides)
     assert isinstance(outputs, list) and len(outputs) == len(strides) - 1 == len(scales)
@@ -240,10 +241,10 @@ def test_wrong_number_of_axes_is_rejected() -> None:
 
 
 # ---------------------------------------------------------------------------------- gradients
-def test_gradient_reaches_both_streams() -> None:
+def test_gradient_reaches_both_streams(device: torch.device) -> None:
     torch.manual_seed(0)
-    net = build(ISO_3D, deep_supervision=False)
-    net(torch.randn(1, 1, 8, 12, 16)).square().mean().backward()
+    net = build(ISO_3D, deep_supervision=False).to(device)
+    net(torch.randn(1, 1, 8, 12, 16, device=device)).square().mean().backward()
     watched = {
         "std first conv": net.std_stream.convs[0].conv.weight,
         "std second conv": net.std_stream.convs[1].conv.weight,
@@ -262,7 +263,7 @@ def _outputs_and_grads(net: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tens
     x = x.clone().requires_grad_(True)
     outputs = net(x)
     outputs = outputs if isinstance(outputs, list) else [outputs]
-    weights = [torch.linspace(-1, 1, o.numel(), dtype=o.dtype).reshape(o.shape) for o in outputs]
+    weights = [torch.linspace(-1, 1, o.numel(), dtype=o.dtype, device=o.device).reshape(o.shape) for o in outputs]
     sum((o * w).sum() for o, w in zip(outputs, weights)).backward()
     grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
     grads["input"] = x.grad.clone()
@@ -280,13 +281,13 @@ def _outputs_and_grads(net: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tens
     ids=["3d", "2d", "3d-dropout"],
 )
 def test_checkpointing_gives_identical_outputs_and_gradients(
-    strides: list[list[int]], spatial: tuple, overrides: dict
+    strides: list[list[int]], spatial: tuple, overrides: dict, device: torch.device
 ) -> None:
     torch.manual_seed(0)
-    plain = build(strides, **overrides).double()
-    checkpointed = build(strides, checkpoint_full_resolution=True, **overrides).double()
+    plain = build(strides, **overrides).double().to(device)
+    checkpointed = build(strides, checkpoint_full_resolution=True, **overrides).double().to(device)
     checkpointed.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 1, *spatial, dtype=torch.float64)
+    x = torch.randn(2, 1, *spatial, dtype=torch.float64, device=device)
     torch.manual_seed(1)
     out_plain, grads_plain = _outputs_and_grads(plain, x)
     torch.manual_seed(1)

@@ -213,9 +213,10 @@ def test_default_connectivity_is_nnunets_full_connectivity():
 @pytest.mark.parametrize("connectivity", [6, 18, 26])
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64])
-def test_torch_labeller_equals_cc3d_3d(connectivity, seed, label_dtype):
+def test_torch_labeller_equals_cc3d_3d(connectivity, seed, label_dtype, device):
     mask = np.random.default_rng(seed).random((13, 11, 12)) < 0.3
-    labels, _ = label_components_torch(torch.from_numpy(mask), connectivity, label_dtype=label_dtype)
+    labels, _ = label_components_torch(torch.from_numpy(mask).to(device), connectivity, label_dtype=label_dtype)
+    labels = labels.cpu()
     assert labels.dtype == label_dtype
     assert same_partition(labels.numpy(), cc3d.connected_components(mask, connectivity=connectivity))
 
@@ -223,9 +224,10 @@ def test_torch_labeller_equals_cc3d_3d(connectivity, seed, label_dtype):
 @pytest.mark.parametrize("connectivity", [4, 8])
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("label_dtype", [torch.int32, torch.int64])
-def test_torch_labeller_equals_cc3d_2d(connectivity, seed, label_dtype):
+def test_torch_labeller_equals_cc3d_2d(connectivity, seed, label_dtype, device):
     mask = np.random.default_rng(seed).random((30, 27)) < 0.45
-    labels, _ = label_components_torch(torch.from_numpy(mask), connectivity, label_dtype=label_dtype)
+    labels, _ = label_components_torch(torch.from_numpy(mask).to(device), connectivity, label_dtype=label_dtype)
+    labels = labels.cpu()
     assert same_partition(labels.numpy(), cc3d.connected_components(mask, connectivity=connectivity))
 
 
@@ -257,11 +259,12 @@ def _snake(size: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("connectivity", [4, 8])
-def test_torch_labeller_converges_on_a_long_snake(connectivity):
+def test_torch_labeller_converges_on_a_long_snake(connectivity, device):
     mask = _snake(41)
     mask_with_island = np.pad(mask, ((0, 2), (0, 0)))
     mask_with_island[-1, 5] = True
-    labels, iterations = label_components_torch(torch.from_numpy(mask_with_island), connectivity)
+    labels, iterations = label_components_torch(torch.from_numpy(mask_with_island).to(device), connectivity)
+    labels = labels.cpu()
     assert len(np.unique(labels.numpy())) == 3  # background, snake, island
     assert same_partition(labels.numpy(), cc3d.connected_components(mask_with_island, connectivity=connectivity))
     assert iterations >= 2
@@ -277,10 +280,10 @@ def test_torch_labeller_converges_on_a_long_snake(connectivity):
           if 0 < abs(a) + abs(b) + abs(c) <= 2}),
     (26, {(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)} - {(0, 0, 0)}),
 ])
-def test_neighbourhood_max_reaches_exactly_the_neighbourhood(connectivity, offsets):
+def test_neighbourhood_max_reaches_exactly_the_neighbourhood(connectivity, offsets, device):
     ndim = len(next(iter(offsets)))
     centre = (2,) * ndim
-    impulse = torch.zeros((5,) * ndim, dtype=torch.int64)
+    impulse = torch.zeros((5,) * ndim, dtype=torch.int64, device=device)
     impulse[centre] = 7
     spread = neighbourhood_max(impulse, connectivity)
     reached = {tuple(int(i) - 2 for i in index) for index in torch.nonzero(spread)}

@@ -27,7 +27,9 @@ def extended_log_barrier(z: Tensor, t: float | Tensor) -> Tensor:
 
     Args:
         z: any shape; constraint values (feasible where ``z <= 0``).
-        t: positive float or a tensor broadcastable to ``z`` (barrier sharpness).
+        t: positive float or a tensor broadcastable to ``z`` (barrier sharpness). Every value
+            must be finite and > 0, else ValueError (a tensor is checked with one reduction;
+            on CUDA that is a host sync, so pass a float in a training loop).
     Returns:
         Tensor of ``z``'s shape (broadcast with ``t``) and dtype. float16/bfloat16 inputs are
         evaluated in float32 (``log`` of tiny arguments and ``t*z`` would lose too much) and
@@ -48,6 +50,13 @@ def extended_log_barrier(z: Tensor, t: float | Tensor) -> Tensor:
         # -(1/t) log(1/t^2) + 1/t  == (2 log t + 1) / t
         offset = (2.0 * math.log(tc) + 1.0) / tc
     else:
+        # one reduction of a (usually 0-d) tensor; a CUDA t costs one host sync per call, which is
+        # why the trainers and the loss module pass t as a Python float
+        valid = torch.isfinite(tc) & (tc > 0)
+        if not bool(valid.all()):
+            bad = tc[~valid].flatten()[:4].tolist()
+            raise ValueError(f"extended_log_barrier: t must be a finite t > 0, got a tensor t with "
+                             f"{int((~valid).sum())} invalid value(s), e.g. {bad}")
         threshold = -1.0 / (tc * tc)
         offset = (2.0 * torch.log(tc) + 1.0) / tc
     in_log_branch = zc <= threshold

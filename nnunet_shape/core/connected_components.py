@@ -19,6 +19,14 @@ nnU-Net's rules, reproduced here (read from acvl_utils' ``remove_all_but_largest
   does not depend on how components are numbered;
 - an empty mask leaves the segmentation unchanged; removed voxels become ``background_label``.
 
+Keeping the *N* largest components (``components=N``, for a class with N parts such as the
+phantoms' two tibial cartilage compartments) extends the tie rule the same way: a component is
+removed only when at least N components are *strictly larger*; equivalently, every component at
+least as large as the N-th largest is kept. With N = 1 this is nnU-Net's rule above. On a tie at
+the N-th place more than N components survive (all of the tied ones, never an arbitrary pick), so
+the result depends on component sizes only, never on the labelling order, and every backend
+gives the same voxels. Fewer than N components: nothing is removed.
+
 No nnU-Net import here: this is a core module. The folder-level commands live in
 ``nnunet_shape.nnunet.postprocessing``.
 """
@@ -71,6 +79,14 @@ def resolve_connectivity(ndim: int, connectivity: int | None) -> int:
 def _check_backend(backend: str) -> None:
     if backend not in _BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {_BACKENDS}")
+
+
+def check_components(components: object) -> int:
+    """``components`` as an int >= 1 (the number of largest components to keep); else ValueError."""
+    if isinstance(components, bool) or not isinstance(components, numbers.Integral) or int(components) < 1:
+        raise ValueError(f"components must be an integer >= 1 (the number of largest connected components "
+                         f"to keep), got {components!r}")
+    return int(components)
 
 
 def cucim_available() -> bool:
@@ -231,18 +247,29 @@ def _bounding_box(mask: ArrayOrTensor) -> Box | None:
     return tuple(box)
 
 
-def _removed_in_box_torch(cropped: Tensor, connectivity: int) -> Tensor:
-    """Voxels of a (cropped, non-empty) bool mask outside every largest component."""
-    labels, _ = label_components_torch(cropped, connectivity)
-    flat = labels.view(-1)
+def _removed_by_size_torch(cropped: Tensor, flat_labels: Tensor, components: int) -> Tensor:
+    """Voxels of ``cropped`` whose component (``flat_labels``: component id per voxel, 0 on
+    background, ids < numel + 1) is smaller than the ``components``-th largest, on the device."""
     # sizes on the device; scatter_add (not bincount) because CUDA bincount syncs to size its output
-    sizes = torch.zeros(flat.numel() + 1, dtype=torch.int64, device=cropped.device)
-    sizes.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int64))
+    sizes = torch.zeros(flat_labels.numel() + 1, dtype=torch.int64, device=cropped.device)
+    sizes.scatter_add_(0, flat_labels, torch.ones_like(flat_labels, dtype=torch.int64))
     sizes[0] = 0
-    return cropped & (sizes.index_select(0, flat).view(cropped.shape) != sizes.max())
+    if components == 1:
+        threshold = sizes.max()
+    else:
+        # the N-th largest size (0 when there are fewer than N components: nothing removed); a
+        # 0-d tensor, no host sync
+        threshold = torch.topk(sizes, min(components, sizes.numel()), sorted=True).values[-1]
+    return cropped & (sizes.index_select(0, flat_labels).view(cropped.shape) < threshold)
 
 
-def _removed_in_box_cc3d(cropped: np.ndarray, connectivity: int) -> np.ndarray:
+def _removed_in_box_torch(cropped: Tensor, connectivity: int, components: int = 1) -> Tensor:
+    """Voxels of a (cropped, non-empty) bool mask outside the ``components`` largest components."""
+    labels, _ = label_components_torch(cropped, connectivity)
+    return _removed_by_size_torch(cropped, labels.view(-1), components)
+
+
+def _removed_in_box_cc3d(cropped: np.ndarray, connectivity: int, components: int = 1) -> np.ndarray:
     import cc3d
 
     # uint8, not bool: cc3d 4.1.1 mislabels 2D bool masks under 8-connectivity (its binary-image
@@ -250,19 +277,23 @@ def _removed_in_box_cc3d(cropped: np.ndarray, connectivity: int) -> np.ndarray:
     # uint8 view is zero-copy and as fast.
     labels, n_components = cc3d.connected_components(cropped.view(np.uint8), connectivity=connectivity,
                                                      return_N=True)
-    if n_components <= 1:
+    if n_components <= components:
         return np.zeros(cropped.shape, dtype=bool)
     sizes = np.bincount(labels.reshape(-1), minlength=n_components + 1)
     sizes[0] = 0
-    largest_ids = np.flatnonzero(sizes == sizes.max())
-    if len(largest_ids) == 1:  # the common case: two cheap passes instead of a table lookup
-        return cropped & (labels != largest_ids[0])
-    is_removed = sizes != sizes.max()
+    if components == 1:
+        largest_ids = np.flatnonzero(sizes == sizes.max())
+        if len(largest_ids) == 1:  # the common case: two cheap passes instead of a table lookup
+            return cropped & (labels != largest_ids[0])
+        threshold = sizes.max()
+    else:  # the N-th largest of the n_components sizes
+        threshold = np.partition(sizes[1:], n_components - components)[n_components - components]
+    is_removed = sizes < threshold
     is_removed[0] = False
     return is_removed[labels]
 
 
-def _removed_in_box_cucim(cropped: Tensor, connectivity: int) -> Tensor:
+def _removed_in_box_cucim(cropped: Tensor, connectivity: int, components: int = 1) -> Tensor:
     import cupy
     from cucim.skimage.measure import label as cucim_label
 
@@ -270,17 +301,16 @@ def _removed_in_box_cucim(cropped: Tensor, connectivity: int) -> Tensor:
     hops = {4: 1, 8: 2, 6: 1, 18: 2, 26: 3}[connectivity]
     with cupy.cuda.ExternalStream(torch.cuda.current_stream(cropped.device).cuda_stream):
         labels_cupy = cucim_label(cupy.from_dlpack(cropped.to(torch.uint8).contiguous()), connectivity=hops)
-    flat = torch.from_dlpack(labels_cupy).view(-1).long()
-    sizes = torch.zeros(cropped.numel() + 1, dtype=torch.int64, device=cropped.device)
-    sizes.scatter_add_(0, flat, torch.ones_like(flat))
-    sizes[0] = 0
-    return cropped & (sizes.index_select(0, flat).view(cropped.shape) != sizes.max())
+    flat = torch.from_dlpack(labels_cupy).view(-1).long()  # consecutive ids 0..n <= numel
+    return _removed_by_size_torch(cropped, flat, components)
 
 
-def _removal(mask: ArrayOrTensor, connectivity: int | None, backend: str) -> tuple[Box, ArrayOrTensor] | None:
+def _removal(mask: ArrayOrTensor, connectivity: int | None, backend: str,
+             components: int = 1) -> tuple[Box, ArrayOrTensor] | None:
     """Where the voxels to remove are: ``(box, removed_in_box)``, or None when there are none to
     look for (empty mask). ``removed_in_box`` has the box's shape and the mask's type and device."""
     connectivity = resolve_connectivity(mask.ndim, connectivity)
+    components = check_components(components)
     if isinstance(mask, np.ndarray):
         backend = _resolve_backend(backend, None)
         if backend == "cucim":
@@ -304,23 +334,26 @@ def _removal(mask: ArrayOrTensor, connectivity: int | None, backend: str) -> tup
     cropped = mask[box]
     if isinstance(mask, np.ndarray):
         if backend == "cc3d":
-            return box, _removed_in_box_cc3d(cropped, connectivity)
-        return box, _removed_in_box_torch(torch.from_numpy(np.ascontiguousarray(cropped)), connectivity).numpy()
+            return box, _removed_in_box_cc3d(cropped, connectivity, components)
+        return box, _removed_in_box_torch(torch.from_numpy(np.ascontiguousarray(cropped)), connectivity,
+                                          components).numpy()
     if backend == "torch":
-        return box, _removed_in_box_torch(cropped.contiguous(), connectivity)
+        return box, _removed_in_box_torch(cropped.contiguous(), connectivity, components)
     if backend == "cucim":
-        return box, _removed_in_box_cucim(cropped, connectivity)
+        return box, _removed_in_box_cucim(cropped, connectivity, components)
     # cc3d on a CUDA tensor: the round trip through the host, because the caller asked for this
     # backend explicitly ("auto" never does that)
-    removed = _removed_in_box_cc3d(np.ascontiguousarray(cropped.detach().cpu().numpy()), connectivity)
+    removed = _removed_in_box_cc3d(np.ascontiguousarray(cropped.detach().cpu().numpy()), connectivity, components)
     return box, torch.from_numpy(removed).to(mask.device)
 
 
 def largest_component_mask(mask: ArrayOrTensor, connectivity: Connectivity | None = None,
-                           backend: Backend = "auto") -> ArrayOrTensor:
+                           backend: Backend = "auto", *, components: int = 1) -> ArrayOrTensor:
     """Keep only the largest connected component(s) of a boolean (X, Y) or (X, Y, Z) mask.
 
-    Ties keep every component of maximal size (nnU-Net's rule); an empty mask stays empty.
+    ``components``: how many of the largest to keep (default 1). Ties keep every component at
+    least as large as the ``components``-th largest (nnU-Net's rule for 1, see the module
+    docstring); an empty mask stays empty.
     Returns a new mask of the input's type (numpy array, or tensor on the input's device).
     """
     _check_backend(backend)
@@ -328,7 +361,7 @@ def largest_component_mask(mask: ArrayOrTensor, connectivity: Connectivity | Non
         raise TypeError(f"largest_component_mask needs a bool mask, "
                         f"got {mask.dtype}")
     kept = mask.clone() if isinstance(mask, Tensor) else np.copy(mask)
-    removal = _removal(mask, connectivity, backend)
+    removal = _removal(mask, connectivity, backend, components)
     if removal is not None:
         box, removed = removal
         kept[box][removed] = False
@@ -371,6 +404,7 @@ def remove_all_but_largest_component_from_segmentation(
         labels_or_regions: LabelsOrRegions,
         background_label: int = 0,
         *,
+        components: int = 1,
         connectivity: Connectivity | None = None,
         backend: Backend = "auto") -> ArrayOrTensor:
     """nnU-Net's function of the same name, voxel for voxel, on numpy arrays or torch tensors.
@@ -378,29 +412,36 @@ def remove_all_but_largest_component_from_segmentation(
     ``segmentation``: label map (X, Y) or (X, Y, Z), any integer or float dtype, any device.
     ``labels_or_regions``: a label, a region (tuple of labels) or a list of them; their union is
     one mask, of which only the largest connected component(s) survive — the other voxels of the
-    union become ``background_label``. Returns a new array/tensor of the input's type, dtype and
+    union become ``background_label``.
+    ``components``: keep the N largest components instead of one (an int >= 1; ties: every
+    component at least as large as the N-th largest survives, see the module docstring). nnU-Net's
+    own function has no such argument: a ``postprocessing.pkl`` step with ``components`` must name
+    this function. Returns a new array/tensor of the input's type, dtype and
     device; the input is never modified.
     ``connectivity``: None = nnU-Net's full connectivity (26 in 3D, 8 in 2D); 4/8 or 6/18/26.
     ``backend``: ``"auto"`` (cucim or torch on CUDA, cc3d on the host), ``"torch"``, ``"cc3d"``,
     ``"cucim"``; all give identical output.
     """
     _check_backend(backend)
+    components = check_components(components)
     entries = _entries(labels_or_regions)
     if (isinstance(segmentation, Tensor) and segmentation.device.type == "cpu"
+            and segmentation.dtype != torch.bfloat16
             and _resolve_backend(backend, segmentation.device) == "cc3d"):
         # host tensor, host backend: run the numpy path on a zero-copy view. numpy's small
         # single-threaded kernels beat torch's parallel ones here (no thread wake-ups), and the
-        # result is wrapped back as a tensor of the same dtype.
+        # result is wrapped back as a tensor of the same dtype. numpy has no bfloat16: such a
+        # tensor takes the tensor path below (masks in torch, the bool mask through cc3d).
         result = remove_all_but_largest_component_from_segmentation(
             segmentation.detach().numpy(), labels_or_regions, background_label,
-            connectivity=connectivity, backend="cc3d")
+            components=components, connectivity=connectivity, backend="cc3d")
         return torch.from_numpy(result)
     if isinstance(segmentation, Tensor):
         mask = torch.zeros(segmentation.shape, dtype=torch.bool, device=segmentation.device)
         for entry in entries:
             mask |= region_or_label_mask(segmentation, entry)
         result = segmentation.clone()  # never modify the input
-        removal = _removal(mask, connectivity, backend)
+        removal = _removal(mask, connectivity, backend, components)
         if removal is not None:
             box, removed = removal
             result[box].masked_fill_(removed, background_label)
@@ -410,7 +451,7 @@ def remove_all_but_largest_component_from_segmentation(
         for entry in entries:
             mask |= region_or_label_mask(segmentation, entry)
         result = np.copy(segmentation)  # never modify the input
-        removal = _removal(mask, connectivity, backend)
+        removal = _removal(mask, connectivity, backend, components)
         if removal is not None:
             box, removed = removal
             result[box][removed] = background_label
@@ -423,9 +464,10 @@ class RemoveAllButLargestComponent(nn.Module):
     """Module wrapper of :func:`remove_all_but_largest_component_from_segmentation` (fixed arguments)."""
 
     def __init__(self, labels_or_regions: LabelsOrRegions, background_label: int = 0,
-                 connectivity: Connectivity | None = None, backend: Backend = "auto") -> None:
+                 connectivity: Connectivity | None = None, backend: Backend = "auto", components: int = 1) -> None:
         super().__init__()
         _check_backend(backend)
+        self.components = check_components(components)
         self.labels_or_regions = labels_or_regions
         self.background_label = background_label
         self.connectivity = connectivity
@@ -435,7 +477,7 @@ class RemoveAllButLargestComponent(nn.Module):
         """(X, Y[, Z]) label map -> same shape, dtype and device."""
         return remove_all_but_largest_component_from_segmentation(
             segmentation, self.labels_or_regions, self.background_label,
-            connectivity=self.connectivity, backend=self.backend)
+            components=self.components, connectivity=self.connectivity, backend=self.backend)
 
 
 # ----------------------------------------------------------------------------------------------

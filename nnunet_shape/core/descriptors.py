@@ -14,10 +14,12 @@ centroid is directly comparable with ``i * spacing`` computed from a label map.
 Numerics
 --------
 * float16 / bfloat16 inputs are accumulated in float32 and results are returned in the
-  input dtype; float32 and float64 are computed in their own precision. Beware that a
-  float16 volume overflows above 65504 (voxels x spacing): :func:`moments`,
-  :func:`surface` and :func:`compute_descriptors` take a keyword ``dtype=torch.float32``
-  to return float32 instead (the loss does this).
+  input dtype; float32 and float64 are computed in their own precision. A float16 result
+  that would overflow (above 65504: a volume of more voxels than that, a large covariance)
+  is returned in float32 instead of as ``inf`` (checking it costs one host sync per result,
+  for float16 outputs only). :func:`moments`, :func:`surface` and
+  :func:`compute_descriptors` take a keyword ``dtype=torch.float32`` to always return
+  float32 (the loss does this).
 * Moments use coordinates centred on the image centre internally (``u_a = i_a - (n_a-1)/2``),
   which keeps ``E[u^2] - E[u]^2`` well conditioned in float32, and the shift is undone
   afterwards. The heavy pass is spacing-free (voxel-index units); spacing is applied to the
@@ -66,6 +68,7 @@ __all__ = [
     "one_hot_labels",
     "descriptors_from_labels",
     "safe_sqrt",
+    "spacing_tensor",
 ]
 
 DESCRIPTOR_NAMES: tuple[str, ...] = ("volume", "centroid", "spread", "covariance", "surface")
@@ -102,6 +105,18 @@ def _output_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype.is_floating_point else torch.float32
 
 
+def _narrow(values: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """``values`` (accumulated in float32/64) in ``out_dtype``, except a float16 result that would
+    overflow (|x| > 65504, e.g. a volume of more than 65504 voxels): that one stays in its
+    accumulation dtype instead of becoming inf. Costs one host sync, for float16 outputs only
+    (the loss asks for float32 and never pays it)."""
+    narrowed = values.to(out_dtype)
+    if out_dtype != torch.float16 or values.dtype == torch.float16:
+        return narrowed
+    overflow = torch.isfinite(values) & ~torch.isfinite(narrowed)
+    return values if bool(overflow.any()) else narrowed
+
+
 def _check_probs(probs: Tensor, function: str) -> int:
     if not isinstance(probs, Tensor):
         raise TypeError(
@@ -116,7 +131,17 @@ def _check_probs(probs: Tensor, function: str) -> int:
     return probs.ndim - 2
 
 
-def _spacing_tensor(
+def _check_spacing_values(spacing: Tensor, function: str) -> None:
+    """Raise unless every spacing value is finite and > 0 (a host tensor: no device sync)."""
+    valid = torch.isfinite(spacing) & (spacing > 0)
+    if not bool(valid.all()):
+        raise ValueError(
+            f"{function}: spacing must be finite and > 0 (physical size of a voxel), got "
+            f"{spacing.tolist()}"
+        )
+
+
+def spacing_tensor(
     spacing: SpacingLike,
     batch: int,
     ndim: int,
@@ -124,13 +149,27 @@ def _spacing_tensor(
     dtype: torch.dtype,
     function: str,
 ) -> Tensor:
-    """Spacing as a ``(1, D)`` or ``(B, D)`` tensor of ``dtype`` on ``device``."""
+    """Spacing as a ``(1, D)`` or ``(B, D)`` tensor of ``dtype`` on ``device``.
+
+    The one normalisation of every ``spacing`` argument (None = unit spacing, D floats, a
+    ``(D,)`` or a ``(B, D)`` / ``(1, D)`` tensor); ``function`` names the caller in the error
+    message. Passing the result on to another function of this module is free (no copy).
+
+    Values must be finite and > 0 (ValueError otherwise). Floats and host tensors are checked
+    here; a tensor already on an accelerator is not (that would cost a host sync per call, i.e.
+    per training step): the trainers check the spacing once per case, on the host, when they
+    read it.
+    """
     if spacing is None:
         return torch.ones(1, ndim, device=device, dtype=dtype)
     if isinstance(spacing, Tensor):
+        if spacing.device.type == "cpu":
+            _check_spacing_values(spacing, function)
         s = spacing.to(device=device, dtype=dtype)
     else:
-        s = torch.as_tensor([float(v) for v in spacing], device=device, dtype=dtype)
+        values = [float(v) for v in spacing]
+        _check_spacing_values(torch.tensor(values, dtype=torch.float64), function)
+        s = torch.as_tensor(values, device=device, dtype=dtype)
     if s.ndim == 1:
         if s.shape[0] != ndim:
             raise ValueError(
@@ -431,16 +470,16 @@ def _moments_from_raw(
     cov_phys = cov_u * s_case.unsqueeze(-1) * s_case.unsqueeze(-2)
     volume_phys = mass * s.prod(dim=-1, keepdim=True)  # (B, K)
     return Moments(
-        volume=volume_phys.to(out_dtype),
-        centroid=centroid_phys.to(out_dtype),
-        covariance=cov_phys.to(out_dtype),
+        volume=_narrow(volume_phys, out_dtype),
+        centroid=_narrow(centroid_phys, out_dtype),
+        covariance=_narrow(cov_phys, out_dtype),
     )
 
 
 def _surface_from_counts(counts: Tensor, s: Tensor, out_dtype: torch.dtype) -> Tensor:
     # face area normal to axis a = product of the other spacings = prod(s) / s_a
     face_area = s.prod(dim=-1, keepdim=True) / s  # (B|1, D)
-    return (counts * face_area.unsqueeze(1)).sum(dim=-1).to(out_dtype)
+    return _narrow((counts * face_area.unsqueeze(1)).sum(dim=-1), out_dtype)
 
 
 def moments(
@@ -465,9 +504,15 @@ def moments(
         covariance (B, K, D, D) = sum p (x - C)(x - C)^T / sum p.
         Empty classes give zeros (finite values and gradients).
     """
-    ndim = _check_probs(probs, "moments")
+    return _moments(probs, spacing, dtype, chunk_elements, "moments")
+
+
+def _moments(probs: Tensor, spacing: SpacingLike, dtype: torch.dtype | None, chunk_elements: int | None,
+             function: str) -> Moments:
+    """:func:`moments`, with ``function`` (the public function called) named in error messages."""
+    ndim = _check_probs(probs, function)
     compute, out_dtype = _resolve_dtypes(probs, dtype)
-    s = _spacing_tensor(spacing, probs.shape[0], ndim, probs.device, compute, "moments")
+    s = spacing_tensor(spacing, probs.shape[0], ndim, probs.device, compute, function)
     raw, _ = _single_pass(probs, compute, True, False, chunk_elements)
     return _moments_from_raw(raw, probs.shape[2:], s, out_dtype)
 
@@ -476,19 +521,19 @@ def volume(probs: Tensor, spacing: SpacingLike = None) -> Tensor:
     """(B, K) volume ``prod(s) * sum_x p(x)`` (area in 2-D)."""
     ndim = _check_probs(probs, "volume")
     dtype = _compute_dtype(probs.dtype)
-    s = _spacing_tensor(spacing, probs.shape[0], ndim, probs.device, dtype, "volume")
+    s = spacing_tensor(spacing, probs.shape[0], ndim, probs.device, dtype, "volume")
     mass = probs.sum(dim=tuple(range(2, probs.ndim)), dtype=dtype)
-    return (mass * s.prod(dim=-1, keepdim=True)).to(_output_dtype(probs.dtype))
+    return _narrow(mass * s.prod(dim=-1, keepdim=True), _output_dtype(probs.dtype))
 
 
 def centroid(probs: Tensor, spacing: SpacingLike = None) -> Tensor:
     """(B, K, D) centroid ``sum p x / sum p`` with ``x_a = i_a * s_a``; 0 for empty classes."""
-    return moments(probs, spacing).centroid
+    return _moments(probs, spacing, None, None, "centroid").centroid
 
 
 def covariance(probs: Tensor, spacing: SpacingLike = None) -> Tensor:
     """(B, K, D, D) weighted covariance ``sum p (x-C)(x-C)^T / sum p``; 0 for empty classes."""
-    return moments(probs, spacing).covariance
+    return _moments(probs, spacing, None, None, "covariance").covariance
 
 
 def _spread_from_covariance(cov: Tensor) -> Tensor:
@@ -507,7 +552,7 @@ def spread(probs: Tensor, spacing: SpacingLike = None) -> Tensor:
     :func:`safe_sqrt` (exact above ``finfo.eps`` in squared spacing units, linear below), so
     single-voxel and empty classes give 0 with a finite gradient.
     """
-    return _spread_from_covariance(moments(probs, spacing).covariance)
+    return _spread_from_covariance(_moments(probs, spacing, None, None, "spread").covariance)
 
 
 def surface(
@@ -527,7 +572,7 @@ def surface(
     """
     ndim = _check_probs(probs, "surface")
     compute, out_dtype = _resolve_dtypes(probs, dtype)
-    s = _spacing_tensor(spacing, probs.shape[0], ndim, probs.device, compute, "surface")
+    s = spacing_tensor(spacing, probs.shape[0], ndim, probs.device, compute, "surface")
     _, counts = _single_pass(probs, compute, False, True, chunk_elements)
     return _surface_from_counts(counts, s, out_dtype)
 
@@ -659,7 +704,7 @@ def compute_descriptors(
     names = check_descriptor_names(names, "compute_descriptors")
     ndim = _check_probs(probs, "compute_descriptors")
     compute, out_dtype = _resolve_dtypes(probs, dtype)
-    s = _spacing_tensor(spacing, probs.shape[0], ndim, probs.device, compute, "compute_descriptors")
+    s = spacing_tensor(spacing, probs.shape[0], ndim, probs.device, compute, "compute_descriptors")
     want_moments = bool(_MOMENT_NAMES.intersection(names))
     want_surface = "surface" in names
     raw, counts = _single_pass(probs, compute, want_moments, want_surface, chunk_elements)

@@ -18,7 +18,7 @@ Conventions
 * Targets: ``dict[str, (lower, upper)]`` of float64 arrays for K classes, ``"volume"`` (K,),
   ``"centroid"`` (K, D), ``"spread"`` (K, D), ``"covariance"`` (K, D, D), ``"surface"`` (K,)
   (any subset). NaN = unconstrained, ``lower == upper`` = exact value, volume ``[0, 0]`` =
-  absent class (the format of :func:`nnunet_shape.descriptor_files.read.case_targets_array_frame`).
+  absent class (the format of :func:`nnunet_shape.descriptor_files.targets.case_targets_array_frame`).
 
 In physical units the map is ``Y = A X + b`` with ``A = S_out M S_in^{-1}`` and
 ``b = S_out o`` (``S = diag(spacing)``). Moments transform exactly (volume x |det A|,
@@ -43,8 +43,12 @@ __all__ = [
     "spatial_transform_affine_dummy_2d",
     "centred_crop_affine",
     "training_patch_affine",
+    "preprocessed_spacing",
     "raw_to_preprocessed_affine",
     "raw_to_preprocessed_targets",
+    "clean_round_off",
+    "monomial_parts",
+    "interval_linear",
 ]
 
 Targets = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -170,13 +174,13 @@ def physical_affine(affine: IndexAffine, spacing_in: Sequence[float],
 # ---------------------------------------------------------------------------------------
 
 
-def _clean(matrix: np.ndarray) -> np.ndarray:
+def clean_round_off(matrix: np.ndarray) -> np.ndarray:
     """A with round-off entries (|a| <= 1e-12 max|A|) set to exactly 0."""
     scale = np.abs(matrix).max()
     return np.where(np.abs(matrix) <= _ZERO_TOLERANCE * scale, 0.0, matrix)
 
 
-def _monomial(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def monomial_parts(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """For a scaled signed permutation (one nonzero per row and column): ``(source, factor)``
     with ``Y_i = factor_i X_{source_i}``; None otherwise. Diagonal matrices are the common case."""
     nonzero = matrix != 0
@@ -186,7 +190,7 @@ def _monomial(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return source, matrix[np.arange(matrix.shape[0]), source]
 
 
-def _interval_linear(matrix: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+def interval_linear(matrix: np.ndarray, lower: np.ndarray, upper: np.ndarray,
                      shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Interval image of ``Y = A X + b`` for boxes ``lower <= X <= upper`` of shape (K, D).
 
@@ -266,8 +270,8 @@ def transform_targets(targets: Mapping[str, tuple[np.ndarray, np.ndarray]], affi
     k = _class_count(targets)
     d = affine.dim
     matrix, shift = physical_affine(affine, spacing_in, spacing_out)
-    matrix = _clean(matrix)
-    monomial = _monomial(matrix)
+    matrix = clean_round_off(matrix)
+    monomial = monomial_parts(matrix)
     determinant = abs(float(np.linalg.det(matrix)))
     out: Targets = {}
 
@@ -280,7 +284,7 @@ def transform_targets(targets: Mapping[str, tuple[np.ndarray, np.ndarray]], affi
 
     if "centroid" in targets:
         lower, upper = _pair(targets, "centroid", (k, d))
-        out["centroid"] = _interval_linear(matrix, lower, upper, shift)
+        out["centroid"] = interval_linear(matrix, lower, upper, shift)
 
     covariance_exact = np.zeros(k, dtype=bool)
     covariance_value = np.full((k, d, d), np.nan)
@@ -443,6 +447,27 @@ def training_patch_affine(case_shape: Sequence[int], initial_patch_size: Sequenc
 # ---------------------------------------------------------------------------------------
 
 
+def preprocessed_spacing(raw_spacing: Sequence[float], transpose_forward: Sequence[int],
+                         shape_after_cropping: Sequence[int], preprocessed_shape: Sequence[int]) -> np.ndarray:
+    """(D,) effective voxel spacing of nnU-Net's preprocessed array, in its (transposed) axis order.
+
+    nnU-Net resamples the cropped case to the plans' target spacing but rounds the shape, so
+    the exact spacing is the cropped extent over the preprocessed shape: ``s_t n_old / n_new``
+    with ``s_t`` the raw spacing (``properties['spacing']``, raw axis order) permuted by
+    ``transpose_forward`` and ``n_old`` = ``properties['shape_after_cropping_and_before_resampling']``
+    (already in transposed order: nnU-Net transposes, then crops).
+    """
+    order = [int(a) for a in transpose_forward]
+    spacing = np.asarray(raw_spacing, dtype=np.float64).reshape(-1)
+    n_old = _int_shape(shape_after_cropping, "preprocessed_spacing", "shape_after_cropping")
+    n_new = _int_shape(preprocessed_shape, "preprocessed_spacing", "preprocessed_shape")
+    if spacing.shape[0] != len(order) or n_old.shape[0] != len(order) or n_new.shape[0] != len(order):
+        raise _error("preprocessed_spacing",
+                     f"inconsistent dimensions: raw_spacing {tuple(spacing)}, transpose_forward {order}, "
+                     f"shape_after_cropping {tuple(n_old)}, preprocessed_shape {tuple(n_new)}")
+    return spacing[order] * n_old / n_new
+
+
 def raw_to_preprocessed_affine(raw_spacing: Sequence[float], transpose_forward: Sequence[int],
                                bbox: Sequence[Sequence[int]], shape_after_cropping: Sequence[int],
                                preprocessed_shape: Sequence[int]) -> tuple[IndexAffine, np.ndarray]:
@@ -454,8 +479,8 @@ def raw_to_preprocessed_affine(raw_spacing: Sequence[float], transpose_forward: 
     ``n_old -> n_new`` voxels per axis. Both of its resamplers (skimage ``resize`` in plane,
     ``map_coordinates`` on the ``(i + 0.5) n_old / n_new - 0.5`` grid across slices) use the
     align_corners=False convention ``i_new = (i_old + 0.5) n_new / n_old - 0.5``; the
-    effective spacing is ``s_t n_old / n_new`` (close to, not equal to, the plans' target
-    spacing because n_new is rounded).
+    effective spacing is :func:`preprocessed_spacing`, ``s_t n_old / n_new`` (close to, not
+    equal to, the plans' target spacing because n_new is rounded).
     """
     order = [int(a) for a in transpose_forward]
     dim = len(order)
@@ -475,7 +500,7 @@ def raw_to_preprocessed_affine(raw_spacing: Sequence[float], transpose_forward: 
     transpose = IndexAffine.permutation(order)
     crop = IndexAffine.translation(-bbox[:, 0])
     resample = IndexAffine.scaling(ratio, 0.5 * ratio - 0.5)
-    spacing_out = spacing[order] * n_old / n_new
+    spacing_out = preprocessed_spacing(spacing, order, n_old, n_new)
     return transpose.compose(crop).compose(resample), spacing_out
 
 

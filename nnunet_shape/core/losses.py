@@ -58,14 +58,15 @@ from nnunet_shape.core.bounds import (
     RESOLUTION_FLOOR,
     DescriptorBounds,
     bounds_from_targets,
+    descriptor_shape,
 )
 from nnunet_shape.core.descriptors import (
     DESCRIPTOR_NAMES,
     SpacingLike,
-    _spacing_tensor,
     check_descriptor_names,
     compute_descriptors,
     descriptors_from_labels,
+    spacing_tensor,
 )
 from nnunet_shape.core.priors import EqualCentroidPrior, Prior, PriorContext, RatioPrior
 
@@ -207,6 +208,30 @@ def _midpoint(lower: Tensor, upper: Tensor) -> Tensor:
     return torch.where(lo_ok & up_ok, (lo + up) / 2, lo + up)
 
 
+def _check_bounds_shapes(
+    bounds: DescriptorBounds, descriptors: Sequence[str], batch: int, num_classes: int, ndim: int
+) -> None:
+    """Every bound (and ``present``) must broadcast to its descriptor's (B, K, ...) shape: a
+    bound made for another batch or class count would otherwise fail deep inside torch (or,
+    with a batch of 1, broadcast silently over a batch it was not made for)."""
+    shapes = {name: descriptor_shape(name, batch, num_classes, ndim) for name in descriptors}
+    given = {name: tuple(bounds.lower[name].shape) for name in descriptors}
+    if bounds.present is not None:
+        shapes["present"] = (batch, num_classes)
+        given["present"] = tuple(bounds.present.shape)
+    for name, expected in shapes.items():
+        shape = given[name]
+        try:
+            ok = torch.broadcast_shapes(shape, expected) == expected
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"shape_descriptor_loss: bounds for {name!r} have shape {shape}, expected "
+                f"{expected} (B={batch} cases or 1, K={num_classes} classes, D={ndim} axes)"
+            )
+
+
 def shape_descriptor_loss(
     probs: Tensor,
     bounds: DescriptorBounds,
@@ -259,17 +284,19 @@ def shape_descriptor_loss(
         )
     batch, num_classes, *sizes = probs.shape
     ndim = len(sizes)
+    _check_bounds_shapes(bounds, descriptors, batch, num_classes, ndim)
     compute_dtype = torch.float64 if probs.dtype == torch.float64 else torch.float32
     needed = list(descriptors)
     for prior in priors:
         needed += [d for d in prior.required_descriptors if d not in needed]
+    # spacing is normalised once, here; compute_descriptors gets the (B|1, D) tensor as it is
+    s = spacing_tensor(spacing, batch, ndim, probs.device, compute_dtype, "shape_descriptor_loss")
     vals: dict[str, Tensor] = dict(values) if values is not None else {}
     todo = [n for n in needed if n not in vals]
     if todo:
-        vals.update(compute_descriptors(probs, spacing, todo, dtype=compute_dtype))
+        vals.update(compute_descriptors(probs, s, todo, dtype=compute_dtype))
     vals = {k: v.to(compute_dtype) for k, v in vals.items()}
 
-    s = _spacing_tensor(spacing, batch, ndim, probs.device, compute_dtype, "shape_descriptor_loss")
     extent = s * torch.tensor(sizes, device=probs.device, dtype=compute_dtype)  # (B|1, D)
 
     presence = bounds.presence()
@@ -369,6 +396,55 @@ def shape_descriptor_loss(
     )
 
 
+class LabelRangeCheck:
+    """"Every label of the target map is < K", without a host sync in the training step.
+
+    :meth:`observe` takes one ``amax`` of the label map on its device. Host tensors are checked
+    at once. On CUDA the maximum is copied to pinned host memory asynchronously with an event
+    behind it; :meth:`poll` raises for every observation whose event has completed (a
+    non-blocking query: the next forward therefore raises, one step late at most once the device
+    has caught up) and :meth:`flush` waits for all of them (the trainers call it after each
+    step, where ``loss.cpu()`` has synchronised anyway). Other accelerators are checked at once.
+    """
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self._pending: list[tuple[Tensor, object, int]] = []
+
+    def _raise_if_bad(self, top: float, num_classes: int) -> None:
+        if top >= num_classes:
+            raise ValueError(
+                f"{self.owner}: the target label map holds label {top:g}, but the prediction has "
+                f"K={num_classes} classes (labels 0..{num_classes - 1}); the labels in dataset.json "
+                f"and the label files disagree"
+            )
+
+    def observe(self, labels: Tensor, num_classes: int) -> None:
+        if labels.numel() == 0:
+            return
+        top = labels.detach().amax()
+        if top.device.type != "cuda":
+            self._raise_if_bad(float(top), num_classes)
+            return
+        host = torch.empty((), dtype=top.dtype, pin_memory=True)
+        host.copy_(top, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._pending.append((host, event, num_classes))
+
+    def poll(self, block: bool = False) -> None:
+        pending, self._pending = self._pending, []
+        for index, (host, event, num_classes) in enumerate(pending):
+            if not block and not event.query():
+                self._pending = pending[index:]  # events complete in order
+                return
+            event.synchronize()
+            self._raise_if_bad(float(host), num_classes)
+
+    def flush(self) -> None:
+        self.poll(block=True)
+
+
 class ShapeDescriptorLoss(nn.Module):
     """Module form of :func:`shape_descriptor_loss` with bounds made on the fly.
 
@@ -385,6 +461,11 @@ class ShapeDescriptorLoss(nn.Module):
 
     The attribute ``t`` may be changed between steps (e.g. from a BarrierSchedule).
     ``self.last_result`` holds the detached :class:`ShapeLossResult` of the last forward.
+
+    Checked per call (shapes only, nothing per voxel): probs and target have the same batch
+    size; a label map holds no label >= K (one ``amax`` on the device; on CUDA the answer is
+    read without a host sync, see :class:`LabelRangeCheck`, and ``self.label_check.flush()``
+    raises for every step seen so far).
     """
 
     def __init__(
@@ -421,6 +502,7 @@ class ShapeDescriptorLoss(nn.Module):
             )
         self.scale_mode = scale_mode
         self.last_result: ShapeLossResult | None = None
+        self.label_check = LabelRangeCheck("ShapeDescriptorLoss")
 
     def target_names(self) -> tuple[str, ...]:
         """Descriptors needed from a target: the constrained ones, the priors', and volume
@@ -460,6 +542,8 @@ class ShapeDescriptorLoss(nn.Module):
             elif target.ndim in (ndim + 1, ndim + 2) and tuple(target.shape[-ndim:]) == tuple(
                 spatial_shape
             ):
+                # labels >= K would silently count as background: one amax on the device
+                self.label_check.observe(target, num_classes)
                 values = descriptors_from_labels(
                     target, num_classes, spacing, names, spatial_dims=ndim, validate=False
                 )
@@ -479,6 +563,13 @@ class ShapeDescriptorLoss(nn.Module):
         *,
         return_result: bool = False,
     ) -> Tensor | ShapeLossResult:
+        self.label_check.poll()
+        if isinstance(target, Tensor) and target.ndim >= 1 and target.shape[0] != probs.shape[0]:
+            raise ValueError(
+                f"ShapeDescriptorLoss: probs have batch size {probs.shape[0]} "
+                f"(shape {tuple(probs.shape)}) but the target has {target.shape[0]} "
+                f"(shape {tuple(target.shape)})"
+            )
         if self.apply_softmax:
             probs = torch.softmax(probs, dim=1)
         bounds = self.make_bounds(target, probs.shape[1], probs.shape[2:], spacing)

@@ -17,7 +17,7 @@ from nnunet_shape.core.barrier import extended_log_barrier
 from nnunet_shape.core.bounds import DEFAULT_RELATIVE_MARGIN, RESOLUTION_FLOOR
 from nnunet_shape.core.descriptors import DESCRIPTOR_NAMES, class_ratio
 
-__all__ = ["RatioPrior", "EqualCentroidPrior", "Prior", "PriorContext", "PriorPenalty"]
+__all__ = ["RatioPrior", "EqualCentroidPrior", "Prior", "PriorContext", "PriorPenalty", "prior_status"]
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class RatioPrior:
             psi, active = torch.cat(psi_parts, 1), torch.cat(act_parts, 1)
         inside = (ratio >= self.low) & (ratio <= self.high)
         ok = (inside | ~both.unsqueeze(1)).all(dim=1)  # (B,)
-        return _prior_status(psi, active, ok, (self.numerator, self.denominator), ctx)
+        return prior_status(psi, active, ok, (self.numerator, self.denominator), ctx)
 
 
 @dataclass(frozen=True)
@@ -160,15 +160,17 @@ class EqualCentroidPrior:
         psi = extended_log_barrier(z, ctx.t)
         active = both.unsqueeze(1).expand_as(z)
         ok = (difference.abs() <= self.tolerance_mm).all(dim=1) | ~both
-        return _prior_status(psi, active, ok, (self.class_a, self.class_b), ctx)
+        return prior_status(psi, active, ok, (self.class_a, self.class_b), ctx)
 
 
 Prior = RatioPrior | EqualCentroidPrior
 
 
-def _prior_status(
+def prior_status(
     psi: Tensor, active: Tensor, ok: Tensor, classes: tuple[int, int], ctx: PriorContext
 ) -> PriorPenalty:
+    """The :class:`PriorPenalty` of a prior on two classes: its (B, M) barrier values and
+    active mask, and per class whether the prior holds (``ok``, (B,)) where it is involved."""
     batch, num_classes = ctx.present.shape
     involved = torch.zeros(batch, num_classes, dtype=torch.bool, device=psi.device)
     involved[:, list(classes)] = True

@@ -497,17 +497,14 @@ def _keep_largest_components(labels: np.ndarray, label: int, keep: int) -> None:
     """Zero all but the ``keep`` largest 6-connected components of ``label`` (in place).
 
     The anatomy makes each tibial compartment one piece; this removes the odd voxel-sized
-    fragment that sampling a thin lens edge can leave, so the label has exactly two parts.
+    fragment that sampling a thin lens edge can leave, so the label has exactly two parts (a tie
+    at the ``keep``-th place keeps every tied part: the rule of ``components`` in
+    :func:`nnunet_shape.core.connected_components.largest_component_mask`).
     """
-    import cc3d
+    from nnunet_shape.core.connected_components import largest_component_mask
 
-    components = cc3d.connected_components(labels == label, connectivity=6)
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    if np.count_nonzero(sizes) <= keep:
-        return
-    kept = np.argsort(sizes)[::-1][:keep]
-    labels[(components > 0) & ~np.isin(components, kept)] = 0
+    mask = labels == label
+    labels[mask & ~largest_component_mask(mask, connectivity=6, backend="cc3d", components=keep)] = 0
 
 
 def render_knee(

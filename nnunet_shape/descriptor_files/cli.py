@@ -2,7 +2,10 @@
 
     nnUNetv2_export_descriptors -d 701 [-o OUT]               # labelsTr of nnUNet_raw/Dataset701_*
     nnUNetv2_export_descriptors -i SEG_FOLDER -o OUT [-d 701] # any folder of label maps
-    nnUNetv2_export_descriptors ... --format json|csv --np 4 --overwrite
+    nnUNetv2_export_descriptors ... --format json|csv --np 4 --overwrite --ignore-unknown-labels
+
+Bad input (a missing or broken dataset.json, a truncated label map, label values dataset.json does
+not name, an output that is a file, ...) is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+
+from nnunet_shape.errors import run_console
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--np", type=int, default=None, dest="num_processes",
                         help="worker processes (default: nnU-Net's default_num_processes, nnUNet_def_n_proc)")
     parser.add_argument("--overwrite", action="store_true", help="recompute every case even if up to date")
+    parser.add_argument("--ignore-unknown-labels", action="store_true",
+                        help="export even when a label map holds values that dataset.json does not name (their "
+                             "voxels belong to no class); default: such a map is an error")
     return parser
 
 
@@ -43,18 +51,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.num_processes is not None and args.num_processes < 1:
         parser.error("--np must be >= 1")
 
-    from nnunet_shape.descriptor_files.export import export_dataset
+    def export() -> int:
+        from nnunet_shape.descriptor_files.export import export_dataset
 
-    try:
         report = export_dataset(dataset=args.dataset, input_folder=args.input, output_folder=args.output,
                                 num_processes=args.num_processes, overwrite=args.overwrite,
-                                write_csv=args.format == "csv")
-    except (FileNotFoundError, ValueError) as error:
-        print(f"nnUNetv2_export_descriptors: error: {error}", file=sys.stderr)
-        return 1
-    print(f"{report.output_folder}: {len(report.computed)} computed, {len(report.skipped)} up to date"
-          + (f", wrote {', '.join(report.written)}" if report.written else ""))
-    return 0
+                                write_csv=args.format == "csv", ignore_unknown_labels=args.ignore_unknown_labels)
+        print(f"{report.output_folder}: {len(report.computed)} computed, {len(report.skipped)} up to date"
+              + (f", wrote {', '.join(report.written)}" if report.written else ""))
+        return 0
+
+    # bad input (UserError, OSError): one line on stderr and exit code 2, as every nnunet-shape
+    # command; anything else is a bug and keeps its traceback
+    return run_console("nnUNetv2_export_descriptors", export)
 
 
 if __name__ == "__main__":

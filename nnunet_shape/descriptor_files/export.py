@@ -1,15 +1,10 @@
-"""Per-case shape-descriptor export of label maps (schema ``nnunet-shape/descriptors/v1``).
+"""Export label maps as per-case descriptor files (``nnUNetv2_export_descriptors``).
 
-Pipeline per case: read the label map with nnU-Net's reader for the dataset (so the array
-axis order and spacing are exactly what nnU-Net holds), compute every descriptor with the
-core (:mod:`nnunet_shape.core.descriptors`, float64) on each class or region, add world-frame
-values from the image geometry, and write ``<case>.json`` atomically. A folder export adds
-``summary.json`` and, on request, ``descriptors.csv``; unchanged cases are skipped.
-
-Conventions (docs/descriptor-json.md): array order as nnU-Net (``(z, y, x)`` for
-SimpleITK 3-D, ``(y, x)`` for 2-D images), ``centroid_mm = centroid_voxel * spacing_mm``
-(origin at the first voxel), ``centroid_world_mm = origin + direction . (index_xyz *
-spacing_xyz)`` (ITK ``TransformContinuousIndexToPhysicalPoint``, LPS).
+One case: :func:`export_case` measures the label map (:mod:`.measure`) and writes
+``<case>.json`` atomically (:mod:`.atomic`), unless the file is up to date. A folder export
+(:func:`export_files`, :func:`export_dataset`) adds ``summary.json`` and, on request,
+``descriptors.csv``; unchanged cases are skipped. :func:`find_raw_dataset` and
+:func:`list_label_files` locate the label maps of an nnU-Net raw dataset.
 """
 
 from __future__ import annotations
@@ -29,25 +24,36 @@ from typing import Any
 import numpy as np
 
 from nnunet_shape import __version__ as _package_version
-from nnunet_shape.descriptor_files.read import (
+from nnunet_shape.descriptor_files.atomic import write_json_atomic, write_text_atomic
+from nnunet_shape.descriptor_files.measure import (
+    LabelIndex,
+    case_descriptors,
+    geometry_mismatch,
+    image_geometry,
+    index_labels,
+    json_floats,
+    read_label_map,
+)
+from nnunet_shape.descriptor_files.model import (
     SCHEMA_ID,
     SUMMARY_FILE_NAME,
     ClassSpec,
     class_specs_from_dataset_json,
-    write_json_atomic,
-    write_text_atomic,
+    named_label_values,
+)
+from nnunet_shape.errors import (
+    UserError,
+    check_image_file_complete,
+    load_dataset_json,
+    one_line,
+    prepare_output_folder,
 )
 
 __all__ = [
     "EXPORTER_VERSION",
     "CSV_FILE_NAME",
-    "Geometry",
     "ExportTask",
     "ExportReport",
-    "geometry_from_properties",
-    "read_label_map",
-    "class_descriptors",
-    "case_descriptors",
     "export_settings",
     "is_up_to_date",
     "export_case",
@@ -57,216 +63,16 @@ __all__ = [
     "csv_table",
     "find_raw_dataset",
     "list_label_files",
+    "training_label_files",
+    "training_image_files",
     "export_dataset",
 ]
 
 # Bump when the computed values or the file layout change: it is part of the settings hash,
 # so existing exports are recomputed instead of being skipped as up to date.
-EXPORTER_VERSION = 1
+# 2: label values and the image geometry are checked; exports made before are re-checked.
+EXPORTER_VERSION = 2
 CSV_FILE_NAME = "descriptors.csv"
-GEOMETRY_FIELDS = ("centroid_mm", "centroid_world_mm", "centroid_voxel", "spread_mm", "covariance_mm2",
-                   "principal_axes_mm", "elongation", "flatness")
-
-
-# ---------------------------------------------------------------------------------------
-# geometry
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Array-frame and world-frame geometry of one label map.
-
-    Attributes:
-        shape: array shape (array order, D axes).
-        spacing_mm: voxel spacing in array order.
-        axis_order: names of the array axes ("z", "y", "x" / "y", "x"): ITK index axes reversed.
-        origin_mm: world position of the first voxel centre, ITK (x, y, z) order.
-        direction: (Dw, Dw) ITK direction matrix (rows), world axes x, y, z.
-        world_frame: "ITK-LPS" when the file has a geometry, "index*spacing" otherwise
-            (identity direction, zero origin).
-    """
-
-    shape: tuple[int, ...]
-    spacing_mm: tuple[float, ...]
-    axis_order: tuple[str, ...]
-    origin_mm: tuple[float, ...]
-    direction: tuple[tuple[float, ...], ...]
-    world_frame: str
-
-    def world_point(self, array_mm: np.ndarray) -> np.ndarray:
-        """World point of an array-frame position (mm from the first voxel, array order).
-
-        ``origin + direction @ (index_xyz * spacing_xyz)`` with ``index_xyz * spacing_xyz =
-        array_mm[::-1]`` -- ITK's TransformContinuousIndexToPhysicalPoint.
-        """
-        return np.asarray(self.origin_mm) + np.asarray(self.direction) @ np.asarray(array_mm)[::-1]
-
-    def world_vector(self, array_vector: np.ndarray) -> np.ndarray:
-        """World direction of an array-frame vector (a rotation, no origin)."""
-        return np.asarray(self.direction) @ np.asarray(array_vector)[::-1]
-
-
-_AXIS_NAMES = {2: ("y", "x"), 3: ("z", "y", "x")}
-
-
-def geometry_from_properties(properties: Mapping[str, Any], array_shape: Sequence[int]) -> tuple[bool, Geometry]:
-    """Geometry from an nnU-Net reader's properties for an array of shape ``(c, *S3)``.
-
-    Returns ``(native_2d, geometry)``. ``native_2d`` is True for 2-D images, which nnU-Net
-    holds as ``(c, 1, y, x)`` with a dummy first spacing (999 x): the export drops that axis
-    and reports D = 2.
-
-    SimpleITKIO: ``sitk_stuff`` gives origin/direction/spacing in ITK order. NibabelIO(WithReorient):
-    the array is the NIfTI voxel array transposed to (k, j, i), the affine maps (i, j, k) to
-    RAS; it is converted to ITK's LPS convention (x and y negated) with spacing = column norms.
-    Readers without a geometry (tif, png): zero origin and identity direction.
-    """
-    spatial = tuple(int(n) for n in array_shape[1:])
-    spacing = tuple(float(s) for s in properties["spacing"])
-    sitk_stuff = properties.get("sitk_stuff")
-    nib_stuff = properties.get("nibabel_stuff")
-    if sitk_stuff is not None:
-        native_2d = len(sitk_stuff["spacing"]) == 2
-    else:
-        native_2d = nib_stuff is None and spatial[0] == 1 and spacing[0] >= 999 * max(spacing[1:])
-    if native_2d:
-        spatial, spacing = spatial[1:], spacing[1:]
-    dim = len(spatial)
-    if sitk_stuff is not None:
-        world_dim = len(sitk_stuff["origin"])
-        origin = tuple(float(v) for v in sitk_stuff["origin"])
-        flat = [float(v) for v in sitk_stuff["direction"]]
-        direction = tuple(tuple(flat[r * world_dim:(r + 1) * world_dim]) for r in range(world_dim))
-        frame = "ITK-LPS"
-    elif nib_stuff is not None:
-        affine = np.asarray(nib_stuff.get("reoriented_affine", nib_stuff["original_affine"]), dtype=np.float64)
-        ras_to_lps = np.diag([-1.0, -1.0, 1.0])
-        linear = ras_to_lps @ affine[:3, :3]
-        zooms = np.linalg.norm(linear, axis=0)
-        origin = tuple(float(v) for v in ras_to_lps @ affine[:3, 3])
-        direction = tuple(tuple(float(v) for v in row) for row in linear / zooms)
-        frame = "ITK-LPS"
-    else:
-        origin = (0.0,) * dim
-        direction = tuple(tuple(1.0 if r == c else 0.0 for c in range(dim)) for r in range(dim))
-        frame = "index*spacing"
-    geometry = Geometry(shape=spatial, spacing_mm=spacing, axis_order=_AXIS_NAMES[dim], origin_mm=origin,
-                        direction=direction, world_frame=frame)
-    return native_2d, geometry
-
-
-def read_label_map(path: str | os.PathLike, reader_class: type) -> tuple[np.ndarray, Geometry]:
-    """Integer label map ``(*S)`` in nnU-Net's array order and its :class:`Geometry`."""
-    seg, properties = reader_class().read_seg(str(path))
-    native_2d, geometry = geometry_from_properties(properties, seg.shape)
-    labels = seg[0, 0] if native_2d else seg[0]
-    rounded = np.rint(labels)
-    if not np.array_equal(rounded, labels):
-        raise ValueError(f"read_label_map: {path} holds non-integer values; is it a label map?")
-    return rounded.astype(np.int32), geometry
-
-
-# ---------------------------------------------------------------------------------------
-# descriptors of one case
-# ---------------------------------------------------------------------------------------
-
-
-def _floats(array: Any) -> Any:
-    """Tensor/ndarray -> nested lists of Python floats (exact repr round trip in JSON)."""
-    return np.asarray(array, dtype=np.float64).tolist()
-
-
-def class_descriptors(labels: np.ndarray, spec: ClassSpec, geometry: Geometry) -> dict[str, Any]:
-    """The JSON object of one class (or region) of a label map.
-
-    Descriptors come from :func:`nnunet_shape.core.descriptors.compute_descriptors` in float64 on
-    the binary mask cropped to its bounding box plus one voxel (so every inside/outside face
-    pair of the full image is kept; the centroid is shifted back by the crop offset).
-    An absent class gives ``voxels: 0``, volume and surface 0 and null geometry.
-    """
-    import torch
-
-    from nnunet_shape.core import descriptors as core
-
-    mask = np.isin(labels, spec.labels) if spec.region_labels is not None else labels == spec.label
-    voxels = int(np.count_nonzero(mask))
-    entry: dict[str, Any] = {"label": spec.label}
-    if spec.region_labels is not None:
-        entry["region_labels"] = list(spec.region_labels)
-    entry["voxels"] = voxels
-    if voxels == 0:
-        entry.update({"volume_mm3": 0.0, "surface_mm2": 0.0})
-        entry.update({name: None for name in GEOMETRY_FIELDS})
-        return entry
-
-    dim = labels.ndim
-    low, high = [], []
-    for axis in range(dim):
-        occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(dim) if a != axis)))
-        low.append(max(int(occupied[0]) - 1, 0))
-        high.append(min(int(occupied[-1]) + 2, labels.shape[axis]))
-    crop = mask[tuple(slice(lo, hi) for lo, hi in zip(low, high))]
-    probs = torch.from_numpy(crop.astype(np.float64))[None, None]
-    spacing = torch.tensor(geometry.spacing_mm, dtype=torch.float64)
-    values = core.compute_descriptors(probs, spacing, names=("volume", "centroid", "covariance", "spread", "surface"))
-    covariance = values["covariance"][0, 0]
-    offset_mm = np.asarray(low, dtype=np.float64) * np.asarray(geometry.spacing_mm)
-    centroid_mm = values["centroid"][0, 0].numpy() + offset_mm
-    lengths, vectors = core.principal_axes(covariance)
-    axes_rows = vectors.numpy().T  # row i = unit axis i (the core returns columns)
-    entry.update({
-        "volume_mm3": float(values["volume"][0, 0]),
-        "surface_mm2": float(values["surface"][0, 0]),
-        "centroid_mm": _floats(centroid_mm),
-        "centroid_world_mm": _floats(geometry.world_point(centroid_mm)),
-        "centroid_voxel": _floats(centroid_mm / np.asarray(geometry.spacing_mm)),
-        "spread_mm": _floats(values["spread"][0, 0]),
-        "covariance_mm2": _floats(covariance),
-        "principal_axes_mm": {
-            "lengths": _floats(lengths),
-            "vectors": _floats(axes_rows),
-            "vectors_world": _floats([geometry.world_vector(v) for v in axes_rows]),
-        },
-        "elongation": float(core.elongation(covariance)),
-        "flatness": float(core.flatness(covariance)) if dim == 3 else None,
-    })
-    return entry
-
-
-def _units(dim: int) -> dict[str, str]:
-    if dim == 3:
-        return {"length": "mm", "volume_mm3": "mm^3", "surface_mm2": "mm^2", "covariance_mm2": "mm^2"}
-    # the v1 field names are fixed; in 2-D they hold an area and a boundary length
-    return {"length": "mm", "volume_mm3": "mm^2 (area)", "surface_mm2": "mm (boundary length)",
-            "covariance_mm2": "mm^2"}
-
-
-def case_descriptors(
-    labels: np.ndarray,
-    geometry: Geometry,
-    specs: Sequence[ClassSpec],
-    case_id: str,
-    source: Mapping[str, Any],
-    export: Mapping[str, Any],
-) -> dict[str, Any]:
-    """The complete v1 JSON object of one case (``kind: "measured"``)."""
-    return {
-        "schema": SCHEMA_ID,
-        "kind": "measured",
-        "case_id": case_id,
-        "source": dict(source),
-        "export": dict(export),
-        "dimension": labels.ndim,
-        "shape": list(geometry.shape),
-        "spacing_mm": list(geometry.spacing_mm),
-        "axis_order": list(geometry.axis_order),
-        "origin_mm": list(geometry.origin_mm),
-        "direction": [list(row) for row in geometry.direction],
-        "world_frame": geometry.world_frame,
-        "units": _units(labels.ndim),
-        "classes": {spec.name: class_descriptors(labels, spec, geometry) for spec in specs},
-    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -318,10 +124,36 @@ class ExportTask:
     specs: tuple[ClassSpec, ...]
     reader_class: type
     overwrite: bool = False
+    #: every label value dataset.json names; a map holding another value is refused (None: allowed,
+    #: ``--ignore-unknown-labels``; such voxels belong to no class)
+    known_labels: tuple[int, ...] | None = None
+    #: the case's image (imagesTr/<case>_0000...): the label map's geometry must match it
+    image_path: str | None = None
+
+
+def _check_labels_and_image(task: ExportTask, labels: np.ndarray, geometry: Any, index: LabelIndex) -> None:
+    """The label map against dataset.json (no unnamed value) and against its image (same grid)."""
+    if task.known_labels is not None and index.unknown:
+        shown = ", ".join(str(v) for v in index.unknown[:10]) + (" ..." if len(index.unknown) > 10 else "")
+        raise UserError(f"{task.source_path} (case {task.case_id!r}) holds label value(s) {shown} that "
+                        f"dataset.json does not name (its labels: {sorted(task.known_labels)}); their voxels would "
+                        f"vanish from every descriptor. Fix the labels or dataset.json, or pass "
+                        f"--ignore-unknown-labels")
+    if task.image_path is not None:
+        difference = geometry_mismatch(geometry, image_geometry(task.image_path, task.reader_class))
+        if difference is not None:
+            raise UserError(f"{task.source_path} (case {task.case_id!r}) does not match its image {task.image_path}: "
+                            f"{difference} (label map vs image); the descriptors would describe another grid")
 
 
 def export_case(task: ExportTask) -> str:
-    """Export one case; returns "computed" or "skipped" (up to date and no overwrite)."""
+    """Export one case; returns "computed" or "skipped" (up to date and no overwrite).
+
+    Before anything is written: the label map must read completely (a truncated ``.nii.gz`` is
+    refused), hold only label values dataset.json names (unless ``known_labels`` is None) and
+    have its image's shape, spacing, origin and direction (when ``image_path`` is given); each
+    failure is a UserError naming the file and both values.
+    """
     source_path = Path(task.source_path)
     settings = export_settings(task.specs, task.reader_class)
     settings_hash = _settings_hash(settings)
@@ -329,9 +161,12 @@ def export_case(task: ExportTask) -> str:
     if not task.overwrite and is_up_to_date(Path(task.output_path), source, settings_hash):
         return "skipped"
     labels, geometry = read_label_map(source_path, task.reader_class)
+    measured = [v for spec in task.specs for v in spec.labels]
+    index = index_labels(labels, measured if task.known_labels is None else task.known_labels)
+    _check_labels_and_image(task, labels, geometry, index)
     export = {"tool": f"nnunet-shape {_package_version} (descriptor_export v{EXPORTER_VERSION})",
               "settings_hash": settings_hash, "settings": settings}
-    obj = case_descriptors(labels, geometry, task.specs, task.case_id, source, export)
+    obj = case_descriptors(labels, geometry, task.specs, task.case_id, source, export, index)
     write_json_atomic(task.output_path, obj)
     return "computed"
 
@@ -366,8 +201,8 @@ def _stats(values: list[Any]) -> dict[str, Any] | None:
     if not values:
         return None
     array = np.asarray(values, dtype=np.float64)
-    return {"mean": _floats(array.mean(0)), "std": _floats(array.std(0)),
-            "min": _floats(array.min(0)), "max": _floats(array.max(0))}
+    return {"mean": json_floats(array.mean(0)), "std": json_floats(array.std(0)),
+            "min": json_floats(array.min(0)), "max": json_floats(array.max(0))}
 
 
 SUMMARY_FIELDS = ("voxels", "volume_mm3", "surface_mm2", "centroid_mm", "centroid_world_mm", "spread_mm",
@@ -479,25 +314,40 @@ def export_files(
     overwrite: bool = False,
     write_csv: bool = False,
     dataset_name: str | None = None,
+    *,
+    ignore_unknown_labels: bool = False,
+    images: Mapping[str, str | os.PathLike] | None = None,
 ) -> ExportReport:
     """Export ``{case_id: label map}`` to ``output_folder``, then summary.json (and descriptors.csv).
 
     Cases whose file (path, size, mtime) and export settings are unchanged are skipped
     unless ``overwrite``. summary.json / descriptors.csv cover exactly ``files`` and are only
     rewritten when their content changes, so a repeated run touches no file.
+
+    Checked per case (:func:`export_case`): the file reads completely, its label values are
+    named in dataset.json (unless ``ignore_unknown_labels``) and, for the cases in ``images``
+    ({case_id: image file}), its geometry is the image's. The output folder must be a writable
+    folder (checked before any case is read).
     """
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
-    output = Path(output_folder)
-    output.mkdir(parents=True, exist_ok=True)
+    output = prepare_output_folder(output_folder)
     report = ExportReport(output_folder=output)
     specs = tuple(class_specs_from_dataset_json(dataset_json))
+    known = None if ignore_unknown_labels else tuple(sorted(named_label_values(dataset_json)))
+    images = images or {}
     case_ids = sorted(files)
+    for case_id in case_ids:  # O(1) per file: a cut copy is refused before any case is computed
+        check_image_file_complete(files[case_id])
     if case_ids:
         example = str(files[case_ids[0]])
-        reader_class = determine_reader_writer_from_dataset_json(dict(dataset_json), example, verbose=False)
+        try:
+            reader_class = determine_reader_writer_from_dataset_json(dict(dataset_json), example, verbose=False)
+        except RuntimeError as error:  # nnU-Net tries every reader on the file
+            raise UserError(f"{example}: no nnU-Net reader can read it ({one_line(error)})") from None
         tasks = [ExportTask(case_id, str(files[case_id]), str(output / f"{case_id}.json"), specs, reader_class,
-                            overwrite) for case_id in case_ids]
+                            overwrite, known, str(images[case_id]) if case_id in images else None)
+                 for case_id in case_ids]
         if num_processes is None:
             num_processes = default_num_processes()
         num_processes = max(1, min(int(num_processes), len(tasks)))
@@ -560,7 +410,9 @@ def list_label_files(folder: str | os.PathLike, file_ending: str) -> dict[str, P
             if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith(".")}
 
 
-def _training_label_files(raw_folder: Path, dataset_json: Mapping[str, Any]) -> dict[str, Path]:
+def training_label_files(raw_folder: Path, dataset_json: Mapping[str, Any]) -> dict[str, Path]:
+    """{case id: label file} of a raw dataset: ``labelsTr`` by ``file_ending``, or the explicit
+    ``dataset`` file list of nnU-Net's alternative dataset.json layout."""
     if "dataset" in dataset_json:  # nnU-Net's explicit file list variant of dataset.json
         out = {}
         for case_id, entry in dataset_json["dataset"].items():
@@ -570,6 +422,21 @@ def _training_label_files(raw_folder: Path, dataset_json: Mapping[str, Any]) -> 
     return list_label_files(raw_folder / "labelsTr", dataset_json["file_ending"])
 
 
+def training_image_files(raw_folder: Path, dataset_json: Mapping[str, Any]) -> dict[str, Path]:
+    """{case id: first channel image} of a raw dataset: ``imagesTr/<case>_0000<file_ending>``, or the
+    first of the explicit ``dataset`` entry's images."""
+    if "dataset" in dataset_json:
+        out = {}
+        for case_id, entry in dataset_json["dataset"].items():
+            first = os.path.expandvars(entry["images"][0])
+            out[case_id] = Path(first) if os.path.isabs(first) else raw_folder / first
+        return out
+    ending = dataset_json["file_ending"]
+    folder = raw_folder / "imagesTr"
+    suffix = f"_0000{ending}"
+    return {p.name[: -len(suffix)]: p for p in sorted(folder.glob(f"*{suffix}"))} if folder.is_dir() else {}
+
+
 def export_dataset(
     dataset: str | int | None = None,
     input_folder: str | os.PathLike | None = None,
@@ -577,8 +444,13 @@ def export_dataset(
     num_processes: int | None = None,
     overwrite: bool = False,
     write_csv: bool = False,
+    ignore_unknown_labels: bool = False,
 ) -> ExportReport:
     """The CLI's work: labelsTr of a raw dataset (``dataset`` only) or any folder of label maps.
+
+    A broken dataset.json, a folder without any ``file_ending`` file and, per case, the checks of
+    :func:`export_files` (labelsTr: against ``imagesTr/<case>_0000<file_ending>`` when it exists)
+    are UserErrors.
 
     ``dataset.json`` comes from the raw dataset when ``dataset`` is given, else from
     ``input_folder/dataset.json`` (nnU-Net copies it into prediction folders). The default
@@ -593,16 +465,24 @@ def export_dataset(
         raise ValueError("export_dataset: give a dataset (-d) or an input folder (-i)")
     if not dataset_json_path.is_file():
         raise FileNotFoundError(f"export_dataset: {dataset_json_path} not found; pass -d DATASET")
-    with open(dataset_json_path, encoding="utf-8") as handle:
-        dataset_json = json.load(handle)
+    dataset_json = load_dataset_json(dataset_json_path)
+    images: dict[str, Path] = {}
     if input_folder is not None:
         files = list_label_files(input_folder, dataset_json["file_ending"])
+        where = Path(input_folder)
         if output_folder is None:
             raise ValueError("export_dataset: -o is required with -i")
     else:
-        files = _training_label_files(raw_folder, dataset_json)
+        files = training_label_files(raw_folder, dataset_json)
+        where = raw_folder / "labelsTr"
+        images = {case: path for case, path in training_image_files(raw_folder, dataset_json).items()
+                  if case in files and path.is_file()}
         if output_folder is None:
             output_folder = raw_folder / "descriptorsTr"
+    if not files:
+        raise UserError(f"no '*{dataset_json['file_ending']}' label maps in {where} (the file_ending of "
+                        f"{dataset_json_path}): nothing to export")
     name = raw_folder.name if raw_folder is not None else dataset_json.get("name")
     return export_files(files, output_folder, dataset_json, num_processes=num_processes, overwrite=overwrite,
-                        write_csv=write_csv, dataset_name=name)
+                        write_csv=write_csv, dataset_name=name, ignore_unknown_labels=ignore_unknown_labels,
+                        images=images)

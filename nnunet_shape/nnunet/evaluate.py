@@ -5,8 +5,10 @@ For a folder of predicted segmentations and the matching reference folder this c
 * nnU-Net's metrics through ``nnunetv2.evaluation.evaluate_predictions.
   compute_metrics_on_folder`` (Dice, IoU, TP/FP/FN/TN, n_pred, n_ref; Dice NaN when a class is
   absent from both reference and prediction, exactly as nnU-Net), and
-* shape-descriptor errors per class from :func:`nnunet_shape.core.descriptors.compute_descriptors`
-  (physical units from the spacing the nnU-Net reader reports for each reference file):
+* shape-descriptor errors per class from :func:`nnunet_shape.descriptor_files.measure.mask_descriptors`
+  and :func:`~nnunet_shape.descriptor_files.measure.volume_and_centroid_errors` (the measurement
+  of the descriptor export; physical units from the spacing the nnU-Net reader reports for each
+  reference file, nnU-Net's dummy axis of 2-D images dropped by :mod:`nnunet_shape.nnunet.frames`):
 
   ======================== =================================================================
   ``Volume_ref_mm3``        reference volume ``V_ref`` (mm^3)
@@ -38,6 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from nnunet_shape.descriptor_files.measure import mask_descriptors, volume_and_centroid_errors
+from nnunet_shape.errors import check_image_file_complete, load_dataset_json, prepare_output_folder
+from nnunet_shape.nnunet.frames import drop_nnunet_2d_axis
+
 __all__ = [
     "DESCRIPTOR_METRICS",
     "descriptor_errors_case",
@@ -53,37 +59,11 @@ DESCRIPTOR_METRICS: tuple[str, ...] = (
     "RelativeVolumeError",
     "CentroidDistance_mm",
 )
-# nnU-Net marks a 2-D image's missing axis with a spacing of 999 x the largest in-plane one
-_NNUNET_2D_SPACING_FACTOR = 999
-
 
 def _load_dataset_json(dataset_json: str | os.PathLike | Mapping[str, Any]) -> dict:
     if isinstance(dataset_json, Mapping):
         return dict(dataset_json)
-    with open(dataset_json) as handle:
-        return json.load(handle)
-
-
-def _physical_axes(shape: Sequence[int], spacing: Sequence[float]) -> tuple[list[int], list[float]]:
-    """Spatial axes to measure in: drops nnU-Net's dummy first axis of 2-D images (size 1,
-    spacing 999 x the others), which would otherwise scale every area by ~1000."""
-    axes = list(range(len(shape)))
-    if (len(shape) == 3 and shape[0] == 1
-            and spacing[0] >= 0.5 * _NNUNET_2D_SPACING_FACTOR * max(spacing[1:])):
-        axes = axes[1:]
-    return axes, [float(spacing[a]) for a in axes]
-
-
-def _class_descriptors(mask: np.ndarray, spacing: Sequence[float]) -> tuple[float, np.ndarray]:
-    """Volume (mm^3) and centroid (mm, origin at the first voxel) of a binary mask (*S)."""
-    import torch
-
-    from nnunet_shape.core.descriptors import compute_descriptors
-
-    # float64 keeps voxel counts and first moments exact for any realistic scan size
-    probs = torch.from_numpy(mask.astype(np.float64, copy=False))[None, None]
-    values = compute_descriptors(probs, spacing, names=("volume", "centroid"))
-    return float(values["volume"][0, 0]), values["centroid"][0, 0].numpy()
+    return load_dataset_json(dataset_json)
 
 
 def descriptor_errors_case(
@@ -114,10 +94,8 @@ def descriptor_errors_case(
             f"spacing mismatch between reference {reference_file} {spacing_ref} "
             f"and prediction {prediction_file} {list(properties_pred['spacing'])}"
         )
-    seg_ref, seg_pred = seg_ref[0], seg_pred[0]  # drop nnU-Net's channel axis
-    axes, spacing = _physical_axes(seg_ref.shape, spacing_ref)
-    if len(axes) < seg_ref.ndim:
-        seg_ref, seg_pred = seg_ref[0], seg_pred[0]
+    # drop nnU-Net's channel axis, then the dummy axis of a 2-D image (it would scale every area by ~1000)
+    (seg_ref, seg_pred), spacing = drop_nnunet_2d_axis((seg_ref[0], seg_pred[0]), spacing_ref)
     valid = None if ignore_label is None else seg_ref != ignore_label
 
     metrics: dict = {}
@@ -127,17 +105,19 @@ def descriptor_errors_case(
         if valid is not None:
             mask_ref = mask_ref & valid
             mask_pred = mask_pred & valid
-        volume_ref, centroid_ref = _class_descriptors(mask_ref, spacing)
-        volume_pred, centroid_pred = _class_descriptors(mask_pred, spacing)
-        empty_ref, empty_pred = not mask_ref.any(), not mask_pred.any()
+        ref = mask_descriptors(mask_ref, spacing, names=("volume", "centroid"))
+        pred = mask_descriptors(mask_pred, spacing, names=("volume", "centroid"))
+        volume_ref, volume_pred = float(ref["volume"]), float(pred["volume"])
+        # an empty mask's centroid is the core's placeholder 0, not a position
+        relative_volume_error, centroid_distance = volume_and_centroid_errors(
+            volume_ref, volume_pred, ref["centroid"] if mask_ref.any() else None,
+            pred["centroid"] if mask_pred.any() else None)
         metrics[region] = {
             "Volume_ref_mm3": volume_ref,
             "Volume_pred_mm3": volume_pred,
-            # undefined without a reference volume; the absolute volumes above stay reported
-            "RelativeVolumeError": math.nan if empty_ref else abs(volume_pred - volume_ref) / volume_ref,
-            # compute_descriptors gives empty classes a placeholder centroid of 0: not a position
-            "CentroidDistance_mm": math.nan if (empty_ref or empty_pred)
-            else float(np.linalg.norm(centroid_pred - centroid_ref)),
+            # NaN without a reference volume; the absolute volumes above stay reported
+            "RelativeVolumeError": relative_volume_error,
+            "CentroidDistance_mm": centroid_distance,
         }
     return {
         "reference_file": reference_file,
@@ -218,6 +198,9 @@ def evaluate_folder(
     missing = [f for f in files_pred if not os.path.isfile(os.path.join(ref, f))]
     if missing:
         raise FileNotFoundError(f"predictions without a reference in {ref}: {missing}")
+    for name in files_pred:  # O(1) each: SimpleITK would read a cut .nii.gz as zeros, i.e. a wrong Dice
+        check_image_file_complete(os.path.join(pred, name))
+        check_image_file_complete(os.path.join(ref, name))
     reader_writer = determine_reader_writer_from_dataset_json(
         dataset, os.path.join(ref, files_pred[0]), verbose=False)()
     label_manager = LabelManager(dataset["labels"], regions_class_order=dataset.get("regions_class_order"))
@@ -227,7 +210,7 @@ def evaluate_folder(
     ignore_label = label_manager.ignore_label
 
     if output_dir is not None:
-        os.makedirs(output_dir, exist_ok=True)
+        prepare_output_folder(output_dir)
     nnunet_summary = compute_metrics_on_folder(
         ref, pred,
         None if output_dir is None else os.path.join(str(output_dir), "summary.json"),

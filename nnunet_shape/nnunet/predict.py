@@ -71,6 +71,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from torch import Tensor
 
 from nnunet_shape.core.connected_components import Backend, postprocess_logits_argmax
+from nnunet_shape.errors import UserError, load_dataset_json, load_json_file, prepare_output_folder
 
 _FROM_MODEL_FOLDER = object()  # ``--postprocessing`` given without a value
 PP_BACKENDS: tuple[str, ...] = ("auto", "torch", "cc3d", "cucim")
@@ -351,9 +352,9 @@ def find_postprocessing_file(model_folder: str) -> str:
             f"no postprocessing.pkl in {model_folder} or its crossval_results_folds_*/ "
             f"folders (run nnUNetv2_find_best_configuration or nnunet-shape determine-postprocessing first), "
             f"or pass the file: --postprocessing PATH")
-    listed = "\n  ".join(candidates)
-    raise ValueError(f"several postprocessing.pkl files for {model_folder}; "
-                     f"pass one explicitly with --postprocessing PATH:\n  {listed}")
+    listed = ", ".join(candidates)
+    raise UserError(f"several postprocessing.pkl files for {model_folder}; "
+                    f"pass one explicitly with --postprocessing PATH: {listed}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -389,14 +390,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from batchgenerators.utilities.file_and_folder_operations import load_pickle, maybe_mkdir_p, save_json
+    from batchgenerators.utilities.file_and_folder_operations import save_json
     from nnunetv2.utilities.file_path_utilities import get_output_folder
     from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
+    from nnunet_shape.nnunet.postprocessing import load_postprocessing_pkl
+
     args = build_parser().parse_args(argv)
+    # the user's folders first: a wrong -i or an -o that cannot be written fails before the model loads
+    if not os.path.isdir(args.i):
+        raise UserError(f"input folder -i {args.i} does not exist or is not a folder")
+    prepare_output_folder(args.o, "output folder -o")
     folds = [fold if fold == "all" else int(fold) for fold in args.f]
     device = torch.device(args.device)
     model_folder = get_output_folder(args.d, args.tr, args.p, args.c)
+    if os.path.isdir(model_folder):  # named errors for the model's files before nnU-Net reads them
+        load_dataset_json(os.path.join(model_folder, "dataset.json"))
+        load_json_file(os.path.join(model_folder, "plans.json"), "plans file")
 
     postprocessing, postprocessing_file = None, None
     if args.postprocessing is not None:
@@ -404,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                else args.postprocessing)
         if not os.path.isfile(postprocessing_file):
             raise FileNotFoundError(f"--postprocessing file not found: {postprocessing_file}")
-        pp_fns, pp_fn_kwargs = load_pickle(postprocessing_file)
+        pp_fns, pp_fn_kwargs = load_postprocessing_pkl(postprocessing_file)
         postprocessing = (pp_fns, pp_fn_kwargs)
         print(f"postprocessing on {device} ({args.pp_backend}) with {postprocessing_file}: "
               f"{[getattr(f, '__name__', f) for f in pp_fns]} {pp_fn_kwargs}")
@@ -421,7 +431,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                verbose_preprocessing=args.verbose, allow_tqdm=not args.disable_progress_bar,
                                postprocessing=postprocessing, pp_backend=args.pp_backend)
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
-    maybe_mkdir_p(args.o)
+    ending = predictor.dataset_json["file_ending"]
+    if not any(name.endswith(f"_0000{ending}") for name in os.listdir(args.i)):
+        raise UserError(f"no '*_0000{ending}' images in {args.i} (the model's dataset.json file_ending is {ending!r})")
     record = {"model_folder": model_folder, "folds": folds, "checkpoint": args.chk, "device": str(device),
               "postprocessing_file": postprocessing_file, "pp_backend": args.pp_backend,
               "pp_fns": [getattr(f, "__name__", repr(f)) for f in postprocessing[0]] if postprocessing else [],

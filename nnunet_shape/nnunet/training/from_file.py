@@ -28,6 +28,7 @@ from batchgenerators.utilities.file_and_folder_operations import join
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from nnunetv2.paths import nnUNet_raw
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_shape.core.geometry import (
@@ -37,8 +38,18 @@ from nnunet_shape.core.geometry import (
     transform_targets,
 )
 from nnunet_shape.core.losses import DescriptorBounds, bounds_from_targets
-from nnunet_shape.descriptor_files.read import case_targets_array_frame, load_descriptor_folder
-from nnunet_shape.nnunet.training.shape_trainers import LENGTH_VARIANTS, _length_variant, nnUNetTrainerShapeDescriptors
+from nnunet_shape.descriptor_files.measure import volume_and_centroid_errors
+from nnunet_shape.descriptor_files.read import load_descriptor_folder
+from nnunet_shape.descriptor_files.targets import case_targets_array_frame
+from nnunet_shape.errors import UserError
+from nnunet_shape.nnunet.training.shape_trainers import checked_case_spacing, nnUNetTrainerShapeDescriptors
+from nnunet_shape.nnunet.training.variants import (
+    DebugSchedule,
+    DemoSchedule,
+    Schedule5Epochs,
+    Schedule50Epochs,
+    Schedule250Epochs,
+)
 from nnunet_shape.nnunet.training.whole_scan import WholeCaseDataLoader, load_preprocessed_image
 
 #: environment variable naming the descriptor folder (default: nnUNet_raw/<dataset>/descriptorsTr)
@@ -75,18 +86,26 @@ def _walk(transform):
         yield from _walk(inner)
 
 
+def refuse_elastic_deformation(transforms) -> None:
+    """Raise if a spatial transform of ``transforms`` may deform elastically: its effect on
+    descriptors is not known analytically, so file targets could not follow the image."""
+    for transform in _walk(transforms):
+        if isinstance(transform, SpatialTransform) and transform.p_elastic_deform > 0:
+            raise ValueError(f"nnUNetTrainerShapeDescriptorsFromFile: elastic deformation changes descriptors in a "
+                             f"way that is not known analytically; p_elastic_deform must be 0, got "
+                             f"{transform.p_elastic_deform}")
+
+
 def make_transforms_recording(transforms) -> list:
     """Swap nnU-Net's spatial and mirror transforms for their recording subclasses, in place.
 
     Returns the recording transforms in application order. Raises if elastic deformation is
-    enabled: its effect on descriptors is not known analytically.
+    enabled (:func:`refuse_elastic_deformation`).
     """
+    refuse_elastic_deformation(transforms)
     recorders = []
     for transform in _walk(transforms):
         if type(transform) is SpatialTransform:
-            if transform.p_elastic_deform > 0:
-                raise ValueError("nnUNetTrainerShapeDescriptorsFromFile: elastic deformation changes descriptors "
-                                 "in a way that is not known analytically; p_elastic_deform must be 0")
             transform.__class__ = RecordingSpatialTransform
             recorders.append(transform)
         elif type(transform) is MirrorTransform:
@@ -155,8 +174,6 @@ class LabelFreeDataset:
 def descriptor_agreement(targets: dict, predicted_folder: str, dataset_json: dict) -> dict:
     """Relative volume error and centroid distance (mm) of predicted descriptor files against the
     target files, per case and class, with the mean per class (classes with an exact target only)."""
-    from nnunet_shape.descriptor_files.read import load_descriptor_folder
-
     predicted = load_descriptor_folder(predicted_folder, dataset_json)
     per_case: dict[str, dict] = {}
     for case_id, prediction in predicted.items():
@@ -170,10 +187,9 @@ def descriptor_agreement(targets: dict, predicted_folder: str, dataset_json: dic
             other = prediction.classes[name]
             if volume is None or not volume or other.values.get("volume_mm3") is None:
                 continue
-            distance = float("nan") if centre is None or other.values.get("centroid_world_mm") is None else \
-                float(np.linalg.norm(np.subtract(other.values["centroid_world_mm"], centre)))
-            rows[name] = {"relative_volume_error": abs(other.values["volume_mm3"] - volume) / volume,
-                          "centroid_distance_mm": distance}
+            relative_volume_error, distance = volume_and_centroid_errors(
+                volume, other.values["volume_mm3"], centre, other.values.get("centroid_world_mm"))
+            rows[name] = {"relative_volume_error": relative_volume_error, "centroid_distance_mm": distance}
         per_case[case_id] = rows
     names = sorted({n for rows in per_case.values() for n in rows})
 
@@ -252,9 +268,7 @@ class nnUNetTrainerShapeDescriptorsFromFile(nnUNetTrainerShapeDescriptors):
         # the recording subclasses are swapped in by FromFileDataLoader; checked here already so
         # that a trainer variant with elastic deformation fails before training starts
         transforms = nnUNetTrainer.get_training_transforms(*args, **kwargs)
-        for transform in _walk(transforms):
-            if isinstance(transform, SpatialTransform) and transform.p_elastic_deform > 0:
-                raise ValueError("nnUNetTrainerShapeDescriptorsFromFile: elastic deformation is not supported")
+        refuse_elastic_deformation(transforms)
         return transforms
 
     def _load_case_files(self) -> dict:
@@ -267,6 +281,43 @@ class nnUNetTrainerShapeDescriptorsFromFile(nnUNetTrainerShapeDescriptors):
                     f"{DESCRIPTORS_ENV}")
             self._case_files = load_descriptor_folder(folder, self.dataset_json)
         return self._case_files
+
+    def on_train_start(self):
+        # every case, before the data loaders start: a wrong file must not surface epochs later
+        self.check_descriptor_files()
+        super().on_train_start()
+
+    def check_descriptor_files(self) -> None:
+        """Check the descriptor files of EVERY case of the preprocessed dataset, once, at the start.
+
+        Each case needs a file (named ``<case>.json`` with that ``case_id``, checked when the
+        folder is read), and a file's ``shape``, ``spacing_mm``, ``origin_mm`` and ``direction``
+        must be those of the case's raw image as nnU-Net recorded them when it preprocessed the
+        case (its ``.pkl``: ``shape_before_cropping`` transposed back, ``spacing``, the reader's
+        origin and direction). A mismatch is a UserError naming the case, the field and both
+        values: targets in another image's millimetres would train silently on wrong targets.
+        """
+        from nnunet_shape.descriptor_files.measure import geometry_from_properties
+        from nnunet_shape.descriptor_files.read import check_case_matches_image
+
+        files = self._load_case_files()
+        folder = self.preprocessed_dataset_folder
+        identifiers = sorted(infer_dataset_class(folder).get_identifiers(folder))
+        missing = [key for key in identifiers if key not in files]
+        if missing:
+            raise UserError(
+                f"{self.__class__.__name__}: {len(missing)} of {len(identifiers)} cases of dataset "
+                f"{self.plans_manager.dataset_name} have no descriptor file in "
+                f"{descriptor_folder(self.plans_manager.dataset_name)}: {missing[:10]}"
+                f"{' ...' if len(missing) > 10 else ''}")
+        backward = self.plans_manager.transpose_backward
+        for key in identifiers:
+            _, properties = load_preprocessed_image(folder, key)
+            transposed = properties["shape_before_cropping"]
+            raw_shape = tuple(int(transposed[axis]) for axis in backward)
+            _, geometry = geometry_from_properties(properties, (1, *raw_shape))
+            check_case_matches_image(files[key], f"of case {key} (as nnU-Net preprocessed it, {folder})",
+                                     geometry.shape, geometry.spacing_mm, geometry.origin_mm, geometry.direction)
 
     def _targets_for_case(self, key: str) -> tuple[Targets, tuple[float, ...], tuple[int, ...]]:
         """Targets of ``key`` in its preprocessed frame, its spacing and shape (cached)."""
@@ -283,8 +334,7 @@ class nnUNetTrainerShapeDescriptorsFromFile(nnUNetTrainerShapeDescriptors):
             targets, spacing = raw_to_preprocessed_targets(
                 raw_targets, properties["spacing"], self.plans_manager.transpose_forward,
                 properties["bbox_used_for_cropping"], properties["shape_after_cropping_and_before_resampling"], shape)
-            self._file_targets[key] = (targets, tuple(float(s) for s in spacing), shape)
-            self._case_spacing[key] = tuple(float(s) for s in spacing)
+            self._file_targets[key] = (targets, checked_case_spacing(key, spacing), shape)
         return self._file_targets[key]
 
     def _batch_bounds(self, batch: dict) -> DescriptorBounds:
@@ -306,15 +356,12 @@ class nnUNetTrainerShapeDescriptorsFromFile(nnUNetTrainerShapeDescriptors):
         return DescriptorBounds(lower={n: stack(v) for n, v in lowers.items()},
                                 upper={n: stack(v) for n, v in uppers.items()})
 
-    def _batch_spacing(self, keys, patch_ndim):
-        for key in keys:
-            self._targets_for_case(key)
-        return super()._batch_spacing(keys, patch_ndim)
-
-    def _loss_target(self, batch: dict) -> DescriptorBounds:
-        # the loader's segmentation is all background by construction: the loss gets the bounds
-        # from the descriptor files, moved into the patch like the image was
-        return self._batch_bounds(batch)
+    def _loss_targets(self, batch: dict) -> tuple[DescriptorBounds, torch.Tensor]:
+        """Bounds from the descriptor files, moved into the patch like the image was, and the
+        (B, D) preprocessed spacing of the cases they were moved with (the loader's segmentation
+        is all background by construction and is never read)."""
+        spacing = [self._targets_for_case(key)[1] for key in batch["keys"]]
+        return self._batch_bounds(batch), torch.tensor(spacing, dtype=torch.float32, device=self.device)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         """Predict the validation cases and compare their descriptors with the descriptor files.
@@ -328,8 +375,8 @@ class nnUNetTrainerShapeDescriptorsFromFile(nnUNetTrainerShapeDescriptors):
         from nnunetv2.inference.export_prediction import export_prediction_from_logits
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+        from nnunet_shape.descriptor_files.atomic import write_json_atomic
         from nnunet_shape.descriptor_files.export import export_files
-        from nnunet_shape.descriptor_files.read import write_json_atomic
 
         self.set_deep_supervision_enabled(False)
         self.network.eval()
@@ -358,17 +405,22 @@ class nnUNetTrainerShapeDescriptorsFromFile(nnUNetTrainerShapeDescriptors):
                                    f"centroid distance {row['centroid_distance_mm']} mm")
         self.set_deep_supervision_enabled(True)
 
-    def _pseudo_dice_counts(self, output, target):
+    def _pseudo_dice_counts(self, output: torch.Tensor, batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # no labels: there is no Dice to report during training
         n = len(self.label_manager.foreground_labels)
         return np.zeros(n), np.zeros(n), np.zeros(n)
 
 
-for _suffix, _epochs, _iterations, _val_iterations in LENGTH_VARIANTS:
-    _variant = _length_variant(nnUNetTrainerShapeDescriptorsFromFile, _suffix, _epochs, _iterations,
-                               _val_iterations)
-    globals()[_variant.__name__] = _variant
+# training-length variants, nnU-Net style (schedules: nnunet_shape.nnunet.training.variants)
+class nnUNetTrainerShapeDescriptorsFromFile_5epochs(Schedule5Epochs, nnUNetTrainerShapeDescriptorsFromFile): ...
+class nnUNetTrainerShapeDescriptorsFromFile_50epochs(Schedule50Epochs, nnUNetTrainerShapeDescriptorsFromFile): ...
+class nnUNetTrainerShapeDescriptorsFromFile_250epochs(Schedule250Epochs, nnUNetTrainerShapeDescriptorsFromFile): ...
+class nnUNetTrainerShapeDescriptorsFromFile_demo(DemoSchedule, nnUNetTrainerShapeDescriptorsFromFile): ...
+class nnUNetTrainerShapeDescriptorsFromFile_debug(DebugSchedule, nnUNetTrainerShapeDescriptorsFromFile): ...
 
-TRAINER_NAMES: tuple[str, ...] = ("nnUNetTrainerShapeDescriptorsFromFile",) + tuple(
-    "nnUNetTrainerShapeDescriptorsFromFile" + v[0] for v in LENGTH_VARIANTS)
+
+#: every trainer class defined in this module (what the trainers/ re-export module exposes)
+TRAINER_NAMES: tuple[str, ...] = tuple(
+    name for name, value in list(globals().items())
+    if isinstance(value, type) and issubclass(value, nnUNetTrainerShapeDescriptors) and value.__module__ == __name__)
 __all__ = list(TRAINER_NAMES)

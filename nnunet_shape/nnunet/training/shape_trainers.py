@@ -7,7 +7,12 @@ preprocessed spacing of that case. Checkpoints are selected by descriptor satisf
 validation cases, never by a voxel metric.
 
 Variants follow nnU-Net's idiom: small subclasses that change class attributes
-(``nnUNetTrainerShapeDescriptorsVC``, ``..._5epochs``, ``..._debug``).
+(``nnUNetTrainerShapeDescriptorsVC``), and one explicit class per training length
+(``..._5epochs``, ``..._debug``; the schedules are in :mod:`nnunet_shape.nnunet.training.variants`).
+
+Subclasses that take their targets from elsewhere (``nnUNetTrainerShapeDescriptorsFromFile``)
+override one method, ``_loss_targets(batch) -> (DescriptorBounds, spacing)``; the loss is always
+called with explicit bounds.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.collate_outputs import collate_outputs
@@ -24,8 +30,19 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 
 from nnunet_shape.core.barrier import BarrierSchedule
-from nnunet_shape.core.losses import ShapeDescriptorLoss
+from nnunet_shape.core.bounds import DescriptorBounds
+from nnunet_shape.core.geometry import preprocessed_spacing
+from nnunet_shape.core.image_terms import edge_aware_boundary, prediction_entropy, region_homogeneity
+from nnunet_shape.core.losses import ShapeDescriptorLoss, shape_descriptor_loss
+from nnunet_shape.errors import UserError
 from nnunet_shape.nnunet.training.progress import plot_descriptor_progress
+from nnunet_shape.nnunet.training.variants import (
+    DebugSchedule,
+    DemoSchedule,
+    Schedule5Epochs,
+    Schedule50Epochs,
+    Schedule250Epochs,
+)
 from nnunet_shape.nnunet.training.whole_scan import load_preprocessed_image, nnUNetTrainerWholeScan
 
 #: logger keys added by the descriptor trainers (one value per epoch, as nnU-Net's logger wants)
@@ -33,20 +50,42 @@ T_KEY = "barrier_t"
 TRAIN_SATISFACTION_KEY = "train_descriptor_satisfaction"
 VAL_SATISFACTION_KEY = "val_descriptor_satisfaction"
 EMA_SATISFACTION_KEY = "ema_val_descriptor_satisfaction"
+#: the same measured on the hard prediction (argmax one-hot; regions: sigmoid > 0.5), what the user
+#: gets from nnUNetv2_predict; the EMA of the validation value selects checkpoint_best
+TRAIN_HARD_SATISFACTION_KEY = "train_descriptor_satisfaction_hard"
+VAL_HARD_SATISFACTION_KEY = "val_descriptor_satisfaction_hard"
+EMA_HARD_SATISFACTION_KEY = "ema_val_descriptor_satisfaction_hard"
+#: per-descriptor, per-class keys: f"{SOFT_PREFIX}{name}" (soft output), f"{HARD_PREFIX}{name}" (hard)
+SOFT_PREFIX = "val_satisfied_"
+HARD_PREFIX = "val_hard_satisfied_"
 
 
-def preprocessed_spacing(properties: dict, preprocessed_shape: Sequence[int], transpose_forward: Sequence[int]
-                         ) -> tuple[float, ...]:
-    """Effective voxel spacing of a preprocessed case, in the preprocessed (transposed) axis order.
+def hard_prediction(probabilities: torch.Tensor, regions: bool) -> torch.Tensor:
+    """(B, K, *S) probabilities -> (B, K, *S) float one-hot of the argmax over K (nnU-Net's
+    prediction); for region training (sigmoid outputs) each channel thresholded at 0.5."""
+    if regions:
+        return (probabilities > 0.5).to(probabilities.dtype)
+    hard = torch.zeros_like(probabilities)
+    return hard.scatter_(1, probabilities.argmax(1, keepdim=True), 1.0)
 
-    nnU-Net resamples to the target spacing but rounds the shape, so the exact spacing is the
-    cropped extent divided by the preprocessed shape. ``properties["spacing"]`` is in the raw
-    axis order; ``shape_after_cropping_and_before_resampling`` is already transposed (nnU-Net
-    transposes, then crops).
-    """
-    spacing = np.asarray(properties["spacing"], dtype=np.float64)[list(transpose_forward)]
-    shape_before = np.asarray(properties["shape_after_cropping_and_before_resampling"], dtype=np.float64)
-    return tuple(float(v) for v in spacing * shape_before / np.asarray(preprocessed_shape, dtype=np.float64))
+
+def satisfaction_codes(result, descriptors: Sequence[str], prefix: str = "satisfied_") -> dict[str, torch.Tensor]:
+    """Per descriptor, (B, K) int8 codes of a loss result (on its device): 1 = constraints of
+    this descriptor met, 0 = violated, -1 = nothing constrained (e.g. the centroid of an absent
+    class), which must not count as success."""
+    return {f"{prefix}{name}": torch.where(result.active[name], result.satisfied[name].to(torch.int8),
+                                           torch.full_like(result.satisfied[name], -1, dtype=torch.int8))
+            for name in descriptors}
+
+
+def checked_case_spacing(case: str, spacing) -> tuple[float, ...]:
+    """``spacing`` of a preprocessed case as floats; UserError naming the case unless every value is
+    finite and > 0 (checked once per case on the host: the loss does not check device tensors)."""
+    values = tuple(float(v) for v in spacing)
+    if not all(np.isfinite(v) and v > 0 for v in values):
+        raise UserError(f"case {case}: its preprocessed spacing {list(values)} is not finite and > 0; check the "
+                        f"spacing of its raw image and re-run nnUNetv2_plan_and_preprocess")
+    return values
 
 
 class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
@@ -68,6 +107,15 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
     optimizer_name: str = "adam"
     initial_learning_rate: float = 3e-3
     adam_betas: tuple[float, float] = (0.9, 0.99)
+    #: image-aware terms added to the descriptor loss (nnunet_shape.core.image_terms, each
+    #: normalised to a per-voxel / per-face value, averaged over the batch); weight 0 = off.
+    #: Paper 000's setting (this class) uses none of them.
+    homogeneity_weight: float = 0.0
+    edge_weight: float = 0.0
+    #: contrast scale of the edge term, in units of nnU-Net's normalised intensity (z-score: 1 = one
+    #: standard deviation of the foreground intensities)
+    edge_sigma: float = 0.5
+    entropy_weight: float = 0.0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -76,10 +124,14 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         self.barrier_schedule = BarrierSchedule(self.barrier_t0, self.barrier_factor, self.barrier_t_max)
         self._case_spacing: dict[str, tuple[float, ...]] = {}
         self._best_satisfaction: float | None = None
-        for key in (T_KEY, TRAIN_SATISFACTION_KEY, VAL_SATISFACTION_KEY, EMA_SATISFACTION_KEY):
+        for key in self._descriptor_log_keys():
             self.logger.local_logger.my_fantastic_logging[key] = []
-        for name in self.descriptors:
-            self.logger.local_logger.my_fantastic_logging[f"val_satisfied_{name}"] = []
+
+    def _descriptor_log_keys(self) -> list[str]:
+        """The logger keys this trainer adds (each gets one value per epoch)."""
+        return [T_KEY, TRAIN_SATISFACTION_KEY, VAL_SATISFACTION_KEY, EMA_SATISFACTION_KEY,
+                TRAIN_HARD_SATISFACTION_KEY, VAL_HARD_SATISFACTION_KEY, EMA_HARD_SATISFACTION_KEY,
+                *[prefix + name for prefix in (SOFT_PREFIX, HARD_PREFIX) for name in self.descriptors]]
 
     def configure_optimizers(self):
         if self.optimizer_name == "sgd":
@@ -104,9 +156,9 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         logits = logits.float()
         return torch.sigmoid(logits) if self.label_manager.has_regions else torch.softmax(logits, 1)
 
-    def _loss_target(self, batch: dict):
-        """What the loss compares with: the (augmented) label map of the batch, on the device
-        (for regions, the float region masks, whose descriptors are computed directly)."""
+    def _label_map(self, batch: dict) -> torch.Tensor:
+        """The (augmented) label map of the batch on the device, (B, 1, *S); for region training
+        the (B, K, *S) float region masks."""
         target = batch["target"]
         target = (target[0] if isinstance(target, list) else target).to(self.device, non_blocking=True)
         return target.float() if self.label_manager.has_regions else target
@@ -117,30 +169,81 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         for key in keys:
             if key not in self._case_spacing:
                 data, properties = load_preprocessed_image(self.preprocessed_dataset_folder, key)
-                self._case_spacing[key] = preprocessed_spacing(
-                    properties, data.shape[1:], self.plans_manager.transpose_forward)
+                self._case_spacing[key] = checked_case_spacing(key, preprocessed_spacing(
+                    properties["spacing"], self.plans_manager.transpose_forward,
+                    properties["shape_after_cropping_and_before_resampling"], data.shape[1:]))
             rows.append(self._case_spacing[key][-patch_ndim:])
         return torch.tensor(rows, dtype=torch.float32, device=self.device)
 
-    def _descriptor_step(self, batch: dict) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    def _loss_targets(self, batch: dict) -> tuple[DescriptorBounds, torch.Tensor]:
+        """What the prediction of ``batch`` must satisfy: per-case descriptor bounds and the
+        (B, D) spacing (on the device) in which both are measured.
+
+        Here the bounds are the descriptors of the batch's augmented label map (or region
+        masks) widened by the trainer's margins. Subclasses with another source of targets
+        override this one method.
+        """
+        spatial_shape = tuple(batch["data"].shape[2:])
+        spacing = self._batch_spacing(batch["keys"], len(spatial_shape))
+        bounds = self.loss.make_bounds(self._label_map(batch), self.label_manager.num_segmentation_heads,
+                                       spatial_shape, spacing)
+        return bounds, spacing
+
+    def _descriptor_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, network output, per-descriptor satisfaction codes) of one batch: codes of the
+        soft output (``satisfied_<name>``) and of the hard prediction (``hard_satisfied_<name>``).
+
+        Nothing here waits for the device: the codes stay on it (int8, (B, K)) and are copied to
+        the host by :meth:`_host_codes` after the step, so the forward, the loss and the backward
+        are queued without a host round trip (``tests/test_whole_scan_trainer.py`` checks it)."""
         data = batch["data"].to(self.device, non_blocking=True)
-        target = self._loss_target(batch)
-        spacing = self._batch_spacing(batch["keys"], data.ndim - 2)
+        bounds, spacing = self._loss_targets(batch)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             output = self.network(data)
         output = output[0] if isinstance(output, (list, tuple)) else output
-        result = self.loss(self._probabilities(output), target, spacing, return_result=True)
-        # per (case, class): 1 = constraints of this descriptor met, 0 = violated, -1 = nothing
-        # constrained (e.g. the centroid of an absent class), which must not count as success
-        satisfied = {f"satisfied_{name}": torch.where(result.active[name], result.satisfied[name].to(torch.int8),
-                                                      torch.full_like(result.satisfied[name], -1, dtype=torch.int8)
-                                                      ).cpu().numpy()
-                     for name in self.descriptors}
-        return result.loss, {"output": output, "target": target, **satisfied}
+        probabilities = self._probabilities(output)
+        result = self.loss(probabilities, bounds, spacing, return_result=True)
+        hard = self._hard_result(probabilities, bounds, spacing)
+        satisfied = {**satisfaction_codes(result, self.descriptors),
+                     **satisfaction_codes(hard, self.descriptors, prefix="hard_satisfied_")}
+        return result.loss + self._extra_loss(data, probabilities, spacing), output, satisfied
+
+    def _hard_result(self, probabilities: torch.Tensor, bounds: DescriptorBounds, spacing: torch.Tensor):
+        """The loss result of the hard prediction against the same bounds (no gradient). The
+        functional loss is called directly, so the loss module's state (``last_result``) stays
+        that of the soft output."""
+        loss = self.loss
+        hard = hard_prediction(probabilities.detach(), self.label_manager.has_regions)
+        with torch.no_grad():
+            return shape_descriptor_loss(hard, loss.make_bounds(bounds, hard.shape[1], hard.shape[2:], spacing),
+                                         spacing=spacing, t=loss.t, descriptors=loss.descriptors,
+                                         include_background=loss.include_background, priors=loss.priors,
+                                         reduction=loss.reduction, scale_mode=loss.scale_mode)
+
+    def _extra_loss(self, data: torch.Tensor, probabilities: torch.Tensor, spacing: torch.Tensor) -> torch.Tensor:
+        """The image-aware terms with their class-attribute weights (0 when every weight is 0).
+
+        ``data`` (B, C, *S) the network's input (the normalised image), ``probabilities``
+        (B, K, *S) float32, ``spacing`` (B, D) in mm."""
+        total = probabilities.new_zeros(())
+        if self.homogeneity_weight:
+            total = total + self.homogeneity_weight * region_homogeneity(probabilities, data.float(), normalize=True)
+        if self.edge_weight:
+            total = total + self.edge_weight * edge_aware_boundary(probabilities, data.float(), self.edge_sigma,
+                                                                   spacing, normalize=True)
+        if self.entropy_weight:
+            total = total + self.entropy_weight * prediction_entropy(
+                probabilities, normalize=True, multilabel=self.label_manager.has_regions)
+        return total
+
+    @staticmethod
+    def _host_codes(satisfied: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """The satisfaction codes as numpy arrays (one device-to-host copy each)."""
+        return {key: value.cpu().numpy() for key, value in satisfied.items()}
 
     def train_step(self, batch: dict) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
-        loss, extras = self._descriptor_step(batch)
+        loss, _, satisfied = self._descriptor_step(batch)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
@@ -151,19 +254,27 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
-        return {"loss": loss.detach().cpu().numpy(),
-                **{k: v for k, v in extras.items() if k.startswith("satisfied_")}}
+        # the first host transfers of the step, once everything is queued (as nnU-Net's loss.cpu())
+        out = {"loss": loss.detach().cpu().numpy(), **self._host_codes(satisfied)}
+        # labels >= K in the batch's label map: its maximum was computed on the device and copied
+        # behind the loss, so after the copies above reading it waits for nothing
+        self.loss.label_check.flush()
+        return out
 
     def validation_step(self, batch: dict) -> dict:
-        loss, extras = self._descriptor_step(batch)
-        output, target = extras.pop("output"), extras.pop("target")
+        loss, output, satisfied = self._descriptor_step(batch)
         # pseudo Dice for information only (checkpoints are chosen by descriptor satisfaction)
-        tp, fp, fn = self._pseudo_dice_counts(output, target)
-        return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp, "fp_hard": fp, "fn_hard": fn, **extras}
+        tp, fp, fn = self._pseudo_dice_counts(output, batch)
+        out = {"loss": loss.detach().cpu().numpy(), "tp_hard": tp, "fp_hard": fp, "fn_hard": fn,
+               **self._host_codes(satisfied)}
+        self.loss.label_check.flush()
+        return out
 
-    def _pseudo_dice_counts(self, output: torch.Tensor, target: torch.Tensor):
+    def _pseudo_dice_counts(self, output: torch.Tensor, batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Foreground tp, fp, fn of the hard prediction against the batch's label map."""
         from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 
+        target = self._label_map(batch)
         axes = [0] + list(range(2, output.ndim))
         if self.label_manager.has_regions:
             prediction = (torch.sigmoid(output) > 0.5).long()
@@ -185,13 +296,14 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
                     for r in self.label_manager.foreground_regions]
         return [names.get(label, str(label)) for label in self.label_manager.foreground_labels]
 
-    def _satisfaction_per_class(self, outputs: dict) -> dict[str, np.ndarray]:
+    def _satisfaction_per_class(self, outputs: dict, prefix: str = "satisfied_") -> dict[str, np.ndarray]:
         """Per descriptor and foreground class: the fraction of the constrained cases in which it
-        was within bounds (NaN where it was never constrained)."""
+        was within bounds (NaN where it was never constrained). ``prefix`` picks the soft
+        (``satisfied_``) or the hard (``hard_satisfied_``) codes of the step outputs."""
         first = 0 if self.label_manager.has_regions else 1  # no background row in region training
         fractions = {}
         for name in self.descriptors:
-            codes = np.asarray(outputs[f"satisfied_{name}"])
+            codes = np.asarray(outputs[f"{prefix}{name}"])
             codes = codes.reshape(-1, codes.shape[-1])[:, first:]
             active = (codes >= 0).sum(0)
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -211,21 +323,44 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         super().on_train_epoch_start()
         self.print_to_log_file(f"barrier t: {self.barrier_schedule.t:.4g}")
 
+    def _gathered_codes(self, outputs: list[dict]) -> dict[str, np.ndarray]:
+        """The epoch's satisfaction codes (``satisfied_<name>`` of the soft output and
+        ``hard_satisfied_<name>`` of the hard prediction, (cases, K) each) of every rank.
+
+        nnU-Net gathers its own validation counts and losses across DDP ranks
+        (``nnUNetv2_train ... -num_gpus N``); without this, each rank would log (and choose the
+        best checkpoint by) its own share of the cases only."""
+        collated = collate_outputs(outputs)
+        codes = {f"{prefix}{name}": np.asarray(collated[f"{prefix}{name}"])
+                 for prefix in ("satisfied_", "hard_satisfied_") for name in self.descriptors}
+        if not self.is_ddp:
+            return codes
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, codes)
+        return {key: np.concatenate([np.asarray(rank[key]).reshape(-1, codes[key].shape[-1]) for rank in gathered])
+                for key in codes}
+
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end([{"loss": o["loss"]} for o in train_outputs])
-        per_class = self._satisfaction_per_class(collate_outputs(train_outputs))
-        self.logger.log(TRAIN_SATISFACTION_KEY, self._overall_satisfaction(per_class), self.current_epoch)
+        codes = self._gathered_codes(train_outputs)
+        for key, prefix in ((TRAIN_SATISFACTION_KEY, "satisfied_"), (TRAIN_HARD_SATISFACTION_KEY, "hard_satisfied_")):
+            per_class = self._satisfaction_per_class(codes, prefix)
+            self.logger.log(key, self._overall_satisfaction(per_class), self.current_epoch)
 
     def on_validation_epoch_end(self, val_outputs: list[dict]):
         super().on_validation_epoch_end(val_outputs)
-        per_class = self._satisfaction_per_class(collate_outputs(val_outputs))
-        overall = self._overall_satisfaction(per_class)
-        previous = self.logger.get_value(EMA_SATISFACTION_KEY, step=None)
-        ema = overall if len(previous) == 0 else 0.9 * previous[-1] + 0.1 * overall
-        self.logger.log(VAL_SATISFACTION_KEY, overall, self.current_epoch)
-        self.logger.log(EMA_SATISFACTION_KEY, ema, self.current_epoch)
-        for name, fractions in per_class.items():
-            self.logger.log(f"val_satisfied_{name}", [float(f) for f in fractions], self.current_epoch)
+        codes = self._gathered_codes(val_outputs)
+        for prefix, value_key, ema_key, class_prefix in (
+                ("satisfied_", VAL_SATISFACTION_KEY, EMA_SATISFACTION_KEY, SOFT_PREFIX),
+                ("hard_satisfied_", VAL_HARD_SATISFACTION_KEY, EMA_HARD_SATISFACTION_KEY, HARD_PREFIX)):
+            per_class = self._satisfaction_per_class(codes, prefix)
+            overall = self._overall_satisfaction(per_class)
+            previous = self.logger.get_value(ema_key, step=None)
+            ema = overall if len(previous) == 0 else 0.9 * previous[-1] + 0.1 * overall
+            self.logger.log(value_key, overall, self.current_epoch)
+            self.logger.log(ema_key, ema, self.current_epoch)
+            for name, fractions in per_class.items():
+                self.logger.log(f"{class_prefix}{name}", [float(f) for f in fractions], self.current_epoch)
 
     def _print_descriptor_report(self) -> None:
         epoch = self.current_epoch
@@ -234,14 +369,24 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
             f"{self.logger.get_value('val_losses', step=-1):.4f}; t = {self.logger.get_value(T_KEY, step=-1):.4g}")
         classes = self._classes_for_report()
         for name in self.descriptors:
-            fractions = self.logger.get_value(f"val_satisfied_{name}", step=epoch)
+            fractions = self.logger.get_value(f"{SOFT_PREFIX}{name}", step=epoch)
             cells = ", ".join(f"{c}: {f:.2f}" for c, f in zip(classes, fractions))
             self.print_to_log_file(f"descriptor satisfied (val) {name:<10} {cells}")
+        for name in self.descriptors:
+            soft = self.logger.get_value(f"{SOFT_PREFIX}{name}", step=epoch)
+            hard = self.logger.get_value(f"{HARD_PREFIX}{name}", step=epoch)
+            cells = ", ".join(f"{c}: {h:.2f} (soft-hard gap {s - h:+.2f})" for c, s, h in zip(classes, soft, hard))
+            self.print_to_log_file(f"hard-prediction satisfied (val) {name:<10} {cells}")
         self.print_to_log_file(
             f"descriptor satisfaction (train/val/val EMA): "
             f"{self.logger.get_value(TRAIN_SATISFACTION_KEY, step=-1):.3f} / "
             f"{self.logger.get_value(VAL_SATISFACTION_KEY, step=-1):.3f} / "
             f"{self.logger.get_value(EMA_SATISFACTION_KEY, step=-1):.3f}")
+        self.print_to_log_file(
+            f"hard-prediction satisfaction (train/val/val EMA, selects checkpoint_best): "
+            f"{self.logger.get_value(TRAIN_HARD_SATISFACTION_KEY, step=-1):.3f} / "
+            f"{self.logger.get_value(VAL_HARD_SATISFACTION_KEY, step=-1):.3f} / "
+            f"{self.logger.get_value(EMA_HARD_SATISFACTION_KEY, step=-1):.3f}")
 
     def on_epoch_end(self):
         # nnU-Net's on_epoch_end picks checkpoint_best by EMA pseudo Dice (a voxel metric); here
@@ -258,10 +403,12 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         self.print_to_log_file(f"Epoch time: {np.round(epoch_seconds, decimals=2)} s")
         if (self.current_epoch + 1) % self.save_every == 0 and self.current_epoch != (self.num_epochs - 1):
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
-        ema = self.logger.get_value(EMA_SATISFACTION_KEY, step=-1)
+        # selected on the hard prediction: the soft output may satisfy every constraint while a
+        # class never wins the argmax (what nnUNetv2_predict returns)
+        ema = self.logger.get_value(EMA_HARD_SATISFACTION_KEY, step=-1)
         if self._best_satisfaction is None or ema > self._best_satisfaction:
             self._best_satisfaction = ema
-            self.print_to_log_file(f"New best EMA descriptor satisfaction: {np.round(ema, decimals=4)}")
+            self.print_to_log_file(f"New best EMA hard-prediction descriptor satisfaction: {np.round(ema, decimals=4)}")
             self.save_checkpoint(join(self.output_folder, "checkpoint_best.pth"))
         if self.local_rank == 0:
             self.logger.plot_progress_png(self.output_folder)
@@ -278,11 +425,16 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         if len(logged_t) > 0:
             self.barrier_schedule.t = float(logged_t[-1])
             self.barrier_schedule.step()
-        ema = self.logger.get_value(EMA_SATISFACTION_KEY, step=None)
+        logged = self.logger.local_logger.my_fantastic_logging
+        epochs = len(logged.get(T_KEY, []))
+        for key in self._descriptor_log_keys():
+            # checkpoints written before the hard-prediction keys existed: those epochs have none
+            logged.setdefault(key, [np.nan] * epochs)
+        ema = [v for v in self.logger.get_value(EMA_HARD_SATISFACTION_KEY, step=None) if np.isfinite(v)]
         self._best_satisfaction = max(ema) if len(ema) > 0 else None
         # users resuming with `nnUNetv2_train ... --c` see which t the barrier continues with
         self.print_to_log_file(f"resumed at epoch {self.current_epoch}: barrier t = {self.barrier_schedule.t:.4g}, "
-                               f"best EMA descriptor satisfaction = {self._best_satisfaction}")
+                               f"best EMA hard-prediction descriptor satisfaction = {self._best_satisfaction}")
 
 
 class nnUNetTrainerShapeDescriptorsVC(nnUNetTrainerShapeDescriptors):
@@ -306,41 +458,73 @@ class nnUNetTrainerShapeDescriptorsGrowingT(nnUNetTrainerShapeDescriptors):
     barrier_t_max = 100.0
 
 
+class nnUNetTrainerShapeDescriptorsImageAware(nnUNetTrainerShapeDescriptors):
+    """V+C+D (paper 000's targets) plus image-aware terms that need no voxel label, so that the
+    prediction follows the image and not only the descriptors (docs/method.md, "Image-aware terms").
+
+    The weights are a first, unstudied choice (no ablation has been run yet): every term is
+    normalised to at most about 1 per case, while the descriptor barrier loss is ~0 once the
+    bounds hold and large while they do not, so the image terms shape the solution mostly
+    among the segmentations that satisfy the descriptors. Homogeneity (weight 1) is the term
+    that reads the image most directly; the edge term (0.5) is a contrast-sensitive smoothness
+    prior; entropy (0.1) is small because early on it would harden any prediction, right or wrong.
+    """
+
+    homogeneity_weight = 1.0
+    edge_weight = 0.5
+    entropy_weight = 0.1
+
+
 class nnUNetTrainerShapeFullSupervision(nnUNetTrainerWholeScan):
     """Reference row of Table 1: nnU-Net's DC+CE loss (deep supervision) on the same whole-scan
     STD/EXP setup."""
 
 
-#: training-length variants in nnU-Net's naming style: (suffix, epochs, iterations, val iterations)
-LENGTH_VARIANTS: tuple[tuple[str, int, int, int], ...] = (
-    ("_5epochs", 5, 250, 50),
-    ("_50epochs", 50, 250, 50),
-    ("_250epochs", 250, 250, 50),
-    # `make demo` (nnunet_shape/demo.py): every Table-1 row gets the same CPU-sized schedule
-    ("_demo", 12, 50, 2),
-    # smoke tests: one epoch of a handful of iterations and a tiny validation
-    ("_debug", 1, 3, 1),
-)
-BASE_TRAINERS = (nnUNetTrainerShapeDescriptors, nnUNetTrainerShapeDescriptorsVC,
-                 nnUNetTrainerShapeDescriptorsVCDS, nnUNetTrainerShapeDescriptorsGrowingT,
-                 nnUNetTrainerShapeFullSupervision)
+# training-length variants, nnU-Net style (schedules: nnunet_shape.nnunet.training.variants)
+class nnUNetTrainerShapeDescriptors_5epochs(Schedule5Epochs, nnUNetTrainerShapeDescriptors): ...
+class nnUNetTrainerShapeDescriptors_50epochs(Schedule50Epochs, nnUNetTrainerShapeDescriptors): ...
+class nnUNetTrainerShapeDescriptors_250epochs(Schedule250Epochs, nnUNetTrainerShapeDescriptors): ...
+class nnUNetTrainerShapeDescriptors_demo(DemoSchedule, nnUNetTrainerShapeDescriptors): ...
+class nnUNetTrainerShapeDescriptors_debug(DebugSchedule, nnUNetTrainerShapeDescriptors): ...
 
 
-def _length_variant(base: type, suffix: str, epochs: int, iterations: int, val_iterations: int) -> type:
-    """``base`` with another training length, belonging to ``base``'s module (so that it pickles:
-    the caller binds it there under its name)."""
-    return type(base.__name__ + suffix, (base,), {
-        "__module__": base.__module__,
-        "__doc__": f"{base.__name__} for {epochs} epoch(s) of {iterations} iterations.",
-        "training_epochs": epochs, "iterations_per_epoch": iterations, "val_iterations_per_epoch": val_iterations,
-    })
+class nnUNetTrainerShapeDescriptorsVC_5epochs(Schedule5Epochs, nnUNetTrainerShapeDescriptorsVC): ...
+class nnUNetTrainerShapeDescriptorsVC_50epochs(Schedule50Epochs, nnUNetTrainerShapeDescriptorsVC): ...
+class nnUNetTrainerShapeDescriptorsVC_250epochs(Schedule250Epochs, nnUNetTrainerShapeDescriptorsVC): ...
+class nnUNetTrainerShapeDescriptorsVC_demo(DemoSchedule, nnUNetTrainerShapeDescriptorsVC): ...
+class nnUNetTrainerShapeDescriptorsVC_debug(DebugSchedule, nnUNetTrainerShapeDescriptorsVC): ...
 
 
-for _base in BASE_TRAINERS:
-    for _suffix, _epochs, _iterations, _val_iterations in LENGTH_VARIANTS:
-        _variant = _length_variant(_base, _suffix, _epochs, _iterations, _val_iterations)
-        globals()[_variant.__name__] = _variant
+class nnUNetTrainerShapeDescriptorsVCDS_5epochs(Schedule5Epochs, nnUNetTrainerShapeDescriptorsVCDS): ...
+class nnUNetTrainerShapeDescriptorsVCDS_50epochs(Schedule50Epochs, nnUNetTrainerShapeDescriptorsVCDS): ...
+class nnUNetTrainerShapeDescriptorsVCDS_250epochs(Schedule250Epochs, nnUNetTrainerShapeDescriptorsVCDS): ...
+class nnUNetTrainerShapeDescriptorsVCDS_demo(DemoSchedule, nnUNetTrainerShapeDescriptorsVCDS): ...
+class nnUNetTrainerShapeDescriptorsVCDS_debug(DebugSchedule, nnUNetTrainerShapeDescriptorsVCDS): ...
 
+
+class nnUNetTrainerShapeDescriptorsGrowingT_5epochs(Schedule5Epochs, nnUNetTrainerShapeDescriptorsGrowingT): ...
+class nnUNetTrainerShapeDescriptorsGrowingT_50epochs(Schedule50Epochs, nnUNetTrainerShapeDescriptorsGrowingT): ...
+class nnUNetTrainerShapeDescriptorsGrowingT_250epochs(Schedule250Epochs, nnUNetTrainerShapeDescriptorsGrowingT): ...
+class nnUNetTrainerShapeDescriptorsGrowingT_demo(DemoSchedule, nnUNetTrainerShapeDescriptorsGrowingT): ...
+class nnUNetTrainerShapeDescriptorsGrowingT_debug(DebugSchedule, nnUNetTrainerShapeDescriptorsGrowingT): ...
+
+
+class nnUNetTrainerShapeDescriptorsImageAware_5epochs(Schedule5Epochs, nnUNetTrainerShapeDescriptorsImageAware): ...
+class nnUNetTrainerShapeDescriptorsImageAware_50epochs(Schedule50Epochs, nnUNetTrainerShapeDescriptorsImageAware): ...
+class nnUNetTrainerShapeDescriptorsImageAware_250epochs(Schedule250Epochs, nnUNetTrainerShapeDescriptorsImageAware): ...
+class nnUNetTrainerShapeDescriptorsImageAware_demo(DemoSchedule, nnUNetTrainerShapeDescriptorsImageAware): ...
+class nnUNetTrainerShapeDescriptorsImageAware_debug(DebugSchedule, nnUNetTrainerShapeDescriptorsImageAware): ...
+
+
+class nnUNetTrainerShapeFullSupervision_5epochs(Schedule5Epochs, nnUNetTrainerShapeFullSupervision): ...
+class nnUNetTrainerShapeFullSupervision_50epochs(Schedule50Epochs, nnUNetTrainerShapeFullSupervision): ...
+class nnUNetTrainerShapeFullSupervision_250epochs(Schedule250Epochs, nnUNetTrainerShapeFullSupervision): ...
+class nnUNetTrainerShapeFullSupervision_demo(DemoSchedule, nnUNetTrainerShapeFullSupervision): ...
+class nnUNetTrainerShapeFullSupervision_debug(DebugSchedule, nnUNetTrainerShapeFullSupervision): ...
+
+
+#: every trainer class defined in this module (what the trainers/ re-export module exposes)
 TRAINER_NAMES: tuple[str, ...] = tuple(
-    [b.__name__ for b in BASE_TRAINERS] + [b.__name__ + v[0] for b in BASE_TRAINERS for v in LENGTH_VARIANTS])
+    name for name, value in list(globals().items())
+    if isinstance(value, type) and issubclass(value, nnUNetTrainerWholeScan) and value.__module__ == __name__)
 __all__ = list(TRAINER_NAMES)

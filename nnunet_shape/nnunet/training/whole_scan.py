@@ -9,12 +9,15 @@ runs one sliding window per case.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import random
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, load_pickle, subfiles
 from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
@@ -23,7 +26,9 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
+from torch._dynamo import OptimizedModule
 
+from nnunet_shape.core.anatomical_frame import AnatomicalFrame
 from nnunet_shape.network.std_exp import STD_EXP_CLASS_NAME, std_exp_arch_kwargs, total_stride
 from nnunet_shape.nnunet.label_free import refuse_placeholder_labels
 
@@ -32,6 +37,55 @@ MEMORY_BUDGET_ENV = "nnUNetShape_memory_budget_gb"
 #: environment variable: patch axes mirrored in training augmentation and test-time mirroring
 #: (e.g. "0,2"; "none" for no mirroring); unset = the trainer's ``mirror_axes`` (nnU-Net: all)
 MIRROR_AXES_ENV = "nnUNetShape_mirror_axes"
+#: environment variable: seed of a training run (a non-negative integer, or "none" for nnU-Net's
+#: unseeded behaviour); set, it overrides the trainer's ``seed`` attribute for that run
+SEED_ENV = "nnUNetShape_seed"
+#: logger key of the seed (one value per epoch, so it is stored in every checkpoint's "logging")
+SEED_KEY = "seed"
+#: sub-streams derived from one seed: network initialisation, the main process' data stream, and
+#: the worker processes of the training and the validation loader
+SEED_STREAM_INIT, SEED_STREAM_DATA, SEED_STREAM_TRAIN_WORKERS, SEED_STREAM_VAL_WORKERS = 0, 1, 2, 3
+
+
+def parse_seed(value: str, source: str = SEED_ENV) -> int | None:
+    """``"3"`` -> ``3``; ``"none"`` or ``""`` -> ``None`` (not seeded: nnU-Net's behaviour)."""
+    text = str(value).strip().lower()
+    if text in ("", "none"):
+        return None
+    try:
+        seed = int(text)
+    except ValueError:
+        raise ValueError(f"{source}={value!r}: expected a non-negative integer seed such as '0', or 'none'") from None
+    return validate_seed(seed, source)
+
+
+def validate_seed(seed: int, source: str) -> int:
+    """``seed`` after checking it is an integer in ``[0, 2**32)`` (numpy's range)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2 ** 32:
+        raise ValueError(f"{source}={seed!r}: a seed must be an integer in 0..{2 ** 32 - 1}")
+    return int(seed)
+
+
+def derive_seed(seed: int, *stream: int) -> int:
+    """A seed in ``[0, 2**32)`` for one sub-stream of ``seed`` (numpy's SeedSequence: streams
+    with different keys are independent, and the same key always gives the same seed)."""
+    return int(np.random.SeedSequence([int(seed), *[int(s) for s in stream]]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global generator and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def use_deterministic_algorithms() -> None:
+    """Deterministic torch kernels where torch has them (a warning, not an error, where it does
+    not), cuDNN without autotuning, and the cuBLAS workspace setting that deterministic cuBLAS needs."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def parse_mirror_axes(value: str, ndim: int, source: str = MIRROR_AXES_ENV) -> tuple[int, ...]:
@@ -47,9 +101,65 @@ def parse_mirror_axes(value: str, ndim: int, source: str = MIRROR_AXES_ENV) -> t
     try:
         axes = tuple(int(part) for part in text.replace(" ", "").split(","))
     except ValueError:
-        raise ValueError(f"{source}={value!r}: expected comma-separated axis indices such as '0,2', "
-                         "or 'none'") from None
+        raise ValueError(f"{source}={value!r}: expected comma-separated axis indices such as '0,2', anatomical "
+                         "axes such as 'LR,AP' (LR, AP, SI), or 'none'") from None
     return validate_mirror_axes(axes, ndim, source)
+
+
+#: anatomical axis names accepted as mirror axes -> the LPS axis (0 left, 1 posterior, 2 superior)
+ANATOMICAL_MIRROR_NAMES: dict[str, int] = {"LR": 0, "RL": 0, "AP": 1, "PA": 1, "SI": 2, "IS": 2}
+
+
+def anatomical_mirror_names(value: str | Sequence, source: str = MIRROR_AXES_ENV) -> tuple[str, ...] | None:
+    """``"LR, si"`` -> ``("LR", "SI")`` (RL, PA, IS are read as LR, AP, SI); None when ``value``
+    names no anatomical axis (indices, "none").
+
+    Raises when it mixes names and indices or names an unknown axis."""
+    tokens = [str(t).strip() for t in (value.split(",") if isinstance(value, str) else value)]
+    tokens = [t for t in tokens if t]
+    named = [t for t in tokens if not t.lstrip("-").isdigit()]
+    if not named or [t.lower() for t in tokens] == ["none"]:
+        return None
+    unknown = [t for t in named if t.upper() not in ANATOMICAL_MIRROR_NAMES]
+    if unknown or len(named) != len(tokens):
+        raise ValueError(f"{source}={value!r}: give either axis indices ('0,2') or anatomical axes from LR, AP, SI "
+                         f"('LR,AP'), not {', '.join(repr(t) for t in (unknown or tokens))}")
+    return tuple(("LR", "AP", "SI")[ANATOMICAL_MIRROR_NAMES[t.upper()]] for t in named)
+
+
+def anatomical_mirror_axes(names: Sequence[str], frames: dict[str, AnatomicalFrame], ndim: int,
+                           source: str) -> tuple[int, ...]:
+    """The patch axes along the anatomical axes ``names`` (LR, AP, SI), the same in every case.
+
+    ``frames``: case identifier -> the anatomical frame of its preprocessed array
+    (:meth:`AnatomicalFrame.from_direction` with the plans' ``transpose_forward``). For a 2D
+    configuration (``ndim`` 2) the patch axes are the array's last two. Raises when the cases
+    disagree on which array axis runs along a name, when a direction is oblique, or when a
+    name is the slice axis of a 2D configuration.
+    """
+    if not frames:
+        raise ValueError(f"{source}={','.join(names)}: no preprocessed case to read the image direction from")
+    axes = []
+    for name in names:
+        lps = ANATOMICAL_MIRROR_NAMES[name]
+        by_axis: dict[int, list[str]] = {}
+        for case, frame in frames.items():
+            frame.signed_permutation(f"mirroring along {name} (case {case})")  # refuses oblique directions
+            by_axis.setdefault(frame.axis_source.index(lps), []).append(case)
+        if len(by_axis) > 1:
+            cases = "; ".join(f"array axis {a} in {', '.join(sorted(c)[:5])}{' ...' if len(c) > 5 else ''}"
+                              for a, c in sorted(by_axis.items()))
+            raise ValueError(f"{source}={','.join(names)}: the cases disagree on which array axis is {name} ({cases}); "
+                             "one axis index cannot mirror them all. Reorient the images to one orientation, or "
+                             "give axis indices")
+        (axis,) = by_axis
+        if ndim == 2:
+            if axis == 0:
+                raise ValueError(f"{source}={','.join(names)}: {name} is the slice axis of this 2D configuration "
+                                 "(array axis 0), which a 2D patch cannot mirror")
+            axis -= 1
+        axes.append(axis)
+    return validate_mirror_axes(axes, ndim, f"{source}={','.join(names)}")
 
 
 def validate_mirror_axes(axes: Sequence[int], ndim: int, source: str) -> tuple[int, ...]:
@@ -126,15 +236,47 @@ def adapt_plans_for_whole_scan(plans: dict, configuration: str, patch_size: Sequ
 
 def build_std_exp_network(configuration_manager: ConfigurationManager, num_input_channels: int,
                           num_output_channels: int, enable_deep_supervision: bool) -> nn.Module:
-    """The STD/EXP network from the plans (also when the plans still name another network)."""
+    """The STD/EXP network from the plans (also when the plans still name another network).
+
+    Without deep supervision its unused heads are frozen (:func:`freeze_unused_heads`)."""
     class_name = configuration_manager.network_arch_class_name
     kwargs = configuration_manager.network_arch_init_kwargs
     if class_name != STD_EXP_CLASS_NAME:
         kwargs = std_exp_arch_kwargs(kwargs)
-    return get_network_from_plans(STD_EXP_CLASS_NAME, kwargs,
-                                  configuration_manager.network_arch_init_kwargs_req_import,
-                                  num_input_channels, num_output_channels, allow_init=True,
-                                  deep_supervision=enable_deep_supervision)
+    network = get_network_from_plans(STD_EXP_CLASS_NAME, kwargs,
+                                     configuration_manager.network_arch_init_kwargs_req_import,
+                                     num_input_channels, num_output_channels, allow_init=True,
+                                     deep_supervision=enable_deep_supervision)
+    if not enable_deep_supervision:
+        freeze_unused_heads(network)
+    return network
+
+
+def freeze_unused_heads(network: nn.Module) -> list[str]:
+    """Mark the parameters that a forward pass without deep supervision never uses as not trainable.
+
+    Without deep supervision STDEXPNet evaluates none of its EXP decoder's 1x1 heads
+    (``decoder.seg_layers``); they still exist, so that checkpoints with and without deep
+    supervision load into each other. Left trainable, they never receive a gradient, and
+    ``DistributedDataParallel`` as nnU-Net builds it (``find_unused_parameters=False``;
+    ``nnUNetv2_train ... -num_gpus N``) stops in the second iteration waiting for them (nnU-Net
+    issues #2070, #2571). Frozen (``requires_grad=False``), DDP leaves them out of its gradient
+    reduction and the optimizers skip them. Does nothing while ``network.decoder.deep_supervision``
+    is on. Returns the names of the frozen parameters (relative to ``network``).
+    """
+    decoder = network.decoder
+    if decoder.deep_supervision:
+        return []
+    frozen = []
+    for name, parameter in decoder.seg_layers.named_parameters():
+        parameter.requires_grad_(False)
+        frozen.append(f"decoder.seg_layers.{name}")
+    return frozen
+
+
+def ddp_world_size() -> int:
+    """Ranks of the DDP run this process belongs to (``nnUNetv2_train ... -num_gpus N``); 1 without DDP."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def choose_batch_size(network: nn.Module, patch_size: Sequence[int], budget_gib: float,
@@ -154,7 +296,19 @@ class WholeCaseDataLoader(nnUNetDataLoader):
     image padded with 0 and labels with -1 on both sides), so the same case always lands at the
     same offset: descriptor targets read from files can be mapped into the patch exactly.
     For 2D configurations the slice (first axis) is drawn uniformly, as nnU-Net does.
+
+    ``worker_seed`` (set by a seeded trainer): in a worker process of nnU-Net's multi-process
+    augmenter, Python, numpy and torch are seeded from it and the worker's thread id, so that
+    loading and augmentation (batchgeneratorsv2 draws from numpy and torch) repeat exactly.
     """
+
+    worker_seed: int | None = None
+
+    def set_thread_id(self, thread_id: int) -> None:
+        # called once in each worker process before it draws its first batch
+        super().set_thread_id(thread_id)
+        if self.worker_seed is not None:
+            seed_everything(derive_seed(self.worker_seed, thread_id))
 
     def get_bbox(self, data_shape: np.ndarray, force_fg: bool, class_locations, overwrite_class=None,
                  verbose: bool = False):
@@ -200,6 +354,10 @@ class nnUNetTrainerWholeScan(nnUNetTrainer):
     #: descriptor-only model then swaps them (docs/method.md, "Mirroring"). The environment
     #: variable nnUNetShape_mirror_axes overrides it per run.
     mirror_axes: tuple[int, ...] | None = None
+    #: seed of Python, numpy, torch, network initialisation, loading and augmentation (in the
+    #: main process and in nnU-Net's augmentation workers), with deterministic algorithms;
+    #: None = nnU-Net's behaviour (not seeded). nnUNetShape_seed overrides it per run.
+    seed: int | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -213,10 +371,126 @@ class nnUNetTrainerWholeScan(nnUNetTrainer):
         self.enable_deep_supervision = self.use_deep_supervision
         # the whole case is the patch: there is nothing to oversample
         self.oversample_foreground_percent = 0.0
+        self.seed_used = self._resolve_seed()
+        self.logger.local_logger.my_fantastic_logging[SEED_KEY] = []
         self.print_to_log_file(
             f"Whole-scan training: patch {self.configuration_manager.patch_size}, batch size "
             f"{self.configuration_manager.batch_size}, network {self.configuration_manager.network_arch_class_name}",
             also_print_to_console=False)
+
+    def _resolve_seed(self) -> int | None:
+        """The run's seed: nnUNetShape_seed when set (also "none"), else the class attribute."""
+        if os.environ.get(SEED_ENV) is not None:
+            seed, source = parse_seed(os.environ[SEED_ENV]), SEED_ENV
+        elif self.seed is not None:
+            seed, source = validate_seed(self.seed, f"{type(self).__name__}.seed"), f"{type(self).__name__}.seed"
+        else:
+            seed, source = None, None
+        if seed is None:
+            self.print_to_log_file("seed: none (not seeded, nnU-Net's behaviour; set nnUNetShape_seed to seed a run)")
+        else:
+            self.print_to_log_file(f"seed: {seed} (from {source}); deterministic algorithms on")
+        return seed
+
+    def initialize(self):
+        # the network's initial weights are drawn in nnU-Net's initialize
+        if not self.was_initialized and self.seed_used is not None:
+            use_deterministic_algorithms()
+            seed_everything(derive_seed(self.seed_used, SEED_STREAM_INIT))
+        super().initialize()
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.seed_used is not None:
+            # nnUNetv2_train switches cuDNN autotuning on after building the trainer
+            use_deterministic_algorithms()
+        self._check_compiled_network()
+
+    # ------------------------------------------------------------------------- torch.compile
+    #: why torch.compile was turned off for the network in this run (None: it was not)
+    compile_disabled_reason: str | None = None
+
+    def _do_i_compile(self) -> bool:
+        # nnU-Net's decision (on by default on CUDA, nnUNet_compile), unless the check below
+        # turned compilation off for this run
+        return self.compile_disabled_reason is None and super()._do_i_compile()
+
+    def _compiled_network(self) -> OptimizedModule | None:
+        """The compiled network (inside the DDP wrapper, where nnU-Net puts it), or None."""
+        network = self.network.module if self.is_ddp else self.network
+        return network if isinstance(network, OptimizedModule) else None
+
+    def _trial_passes(self) -> None:
+        """One training forward + backward (autocast on CUDA, as in ``train_step``) and one
+        validation forward (eval mode, no gradients) of a zero batch of the training shape;
+        gradients are discarded. This is where torch.compile compiles (it compiles lazily, on
+        the first call of each kind)."""
+        shape = (self.batch_size, self.num_input_channels, *self.configuration_manager.patch_size)
+        data = torch.zeros(shape, device=self.device)
+        precision = torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else \
+            contextlib.nullcontext()
+        no_sync = self.network.no_sync() if self.is_ddp else contextlib.nullcontext()
+        with no_sync:
+            with precision:
+                output = self.network(data)
+            outputs = output if isinstance(output, (list, tuple)) else [output]
+            sum(o.float().mean() for o in outputs).backward()
+        self.network.zero_grad(set_to_none=True)
+        self.network.eval()
+        try:
+            with torch.no_grad(), precision:
+                self.network(data)
+        finally:
+            self.network.train()
+
+    def _check_compiled_network(self) -> None:
+        """Compile the network now, on trial passes, and train without compilation if that fails.
+
+        nnU-Net compiles the network by default on CUDA; a network or backend that cannot be
+        compiled (no working triton, an operation the compiler does not support, a compiler
+        crash) would otherwise crash the first training step. If the compiled trial passes fail
+        but the same passes run eagerly, the compiled wrapper is removed (the parameters are the
+        same objects, so the optimizer and DDP keep working), the reason is logged and training
+        goes on eagerly. If they fail eagerly too, the eager error is raised: that is not a
+        compilation problem.
+        """
+        compiled = self._compiled_network()
+        if compiled is None:
+            return
+        try:
+            self._trial_passes()
+            return
+        except Exception as error:  # any compile failure: dynamo, inductor, triton, the C compiler
+            # dynamo's messages put the backend's own error on the second line
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            reason = f"{type(error).__name__}: {' '.join(lines[:2])[:300]}"
+        self.network.zero_grad(set_to_none=True)
+        if self.is_ddp:
+            self.network.module = compiled._orig_mod
+        else:
+            self.network = compiled._orig_mod
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self._trial_passes()  # raises if the network fails without compilation as well
+        self.compile_disabled_reason = reason
+        self.print_to_log_file(f"WARNING: torch.compile turned off for the network, which failed to compile "
+                               f"({reason}); training continues without compilation. Set nnUNet_compile=false "
+                               "to skip the attempt.")
+
+    def on_train_epoch_start(self):
+        self.logger.log(SEED_KEY, self.seed_used, self.current_epoch)
+        super().on_train_epoch_start()
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        logged = self.logger.local_logger.my_fantastic_logging
+        # checkpoints written before seeds were logged: the earlier epochs were not seeded
+        logged.setdefault(SEED_KEY, [None] * len(logged.get("epoch_start_timestamps", [])))
+        earlier = {s for s in logged[SEED_KEY]}
+        if earlier and earlier != {self.seed_used}:
+            self.print_to_log_file(f"seed: the checkpoint's epochs ran with seed(s) {sorted(earlier, key=str)}, this "
+                                   f"run continues with {self.seed_used}; a resumed run does not repeat an "
+                                   "uninterrupted one bit for bit (random states are not stored)")
 
     @classmethod
     def _plans_for_whole_scan(cls, plans: dict, configuration: str) -> dict:
@@ -240,7 +514,9 @@ class nnUNetTrainerWholeScan(nnUNetTrainer):
         network = build_std_exp_network(configuration_manager, len(dataset_json["channel_names"]), num_outputs, False)
         budget = float(os.environ.get(MEMORY_BUDGET_ENV, cls.default_memory_budget_gib))
         batch_size = choose_batch_size(network, patch_size, budget, cls.max_batch_size)
-        plans["configurations"][configuration]["batch_size"] = batch_size
+        # the budget is per GPU; under DDP nnU-Net splits the plans' (global) batch over the ranks
+        # and refuses fewer cases than ranks, so the global batch is the per-GPU one times N
+        plans["configurations"][configuration]["batch_size"] = batch_size * ddp_world_size()
         return plans
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
@@ -248,16 +524,43 @@ class nnUNetTrainerWholeScan(nnUNetTrainer):
             super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         ndim = len(self.configuration_manager.patch_size)
         if os.environ.get(MIRROR_AXES_ENV) is not None:
-            chosen = parse_mirror_axes(os.environ[MIRROR_AXES_ENV], ndim)
+            value, source = os.environ[MIRROR_AXES_ENV], MIRROR_AXES_ENV
         elif self.mirror_axes is not None:
-            chosen = validate_mirror_axes(self.mirror_axes, ndim, f"{type(self).__name__}.mirror_axes")
+            value, source = self.mirror_axes, f"{type(self).__name__}.mirror_axes"
         else:
             return rotation, dummy_2d, initial_patch_size, mirror_axes
+        names = anatomical_mirror_names(value, source)
+        if names is not None:
+            chosen = anatomical_mirror_axes(names, self._case_anatomical_frames(), ndim, source)
+            self.print_to_log_file(f"mirror axes {', '.join(names)} (from {source}) are array axes {chosen} of the "
+                                   f"{ndim}D patch in every case")
+        elif isinstance(value, str):
+            chosen = parse_mirror_axes(value, ndim, source)
+        else:
+            chosen = validate_mirror_axes(value, ndim, source)
         # the same axes for test-time mirroring (stored in the checkpoint, used by nnUNetv2_predict)
         mirror_axes = chosen if chosen else None
         self.inference_allowed_mirroring_axes = mirror_axes
         self.print_to_log_file(f"mirror axes (augmentation and test time): {mirror_axes}")
         return rotation, dummy_2d, initial_patch_size, mirror_axes
+
+    def _case_anatomical_frames(self) -> dict[str, AnatomicalFrame]:
+        """Case identifier -> anatomical frame of its preprocessed array, from the image direction
+        nnU-Net stored in the case's properties and the plans' ``transpose_forward``."""
+        from nnunet_shape.descriptor_files.measure import geometry_from_properties
+
+        folder = self.preprocessed_dataset_folder
+        frames = {}
+        for identifier in infer_dataset_class(folder).get_identifiers(folder):
+            data, properties = load_preprocessed_image(folder, identifier)
+            _, geometry = geometry_from_properties(properties, data.shape)
+            if geometry.world_frame != "ITK-LPS" or len(geometry.direction) != 3:
+                raise ValueError(f"mirror axes in anatomical words (LR, AP, SI) need 3-D images with a direction; case "
+                                 f"{identifier} of dataset {self.plans_manager.dataset_name} has none (its reader "
+                                 "stores no geometry, or the image is 2-D): give axis indices instead")
+            frames[identifier] = AnatomicalFrame.from_direction(geometry.direction,
+                                                                self.plans_manager.transpose_forward)
+        return frames
 
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -270,11 +573,36 @@ class nnUNetTrainerWholeScan(nnUNetTrainer):
         # nnU-Net's get_dataloaders builds both loaders, wraps them in its augmenters and starts
         # them; rather than copying those 60 lines, the loader class it looks up is rebound to
         # ours for the duration of the call.
+        # A seeded run also gets seeded workers (WholeCaseDataLoader.worker_seed) and
+        # batchgenerators' MultiThreadedAugmenter, which returns the workers' batches in a fixed
+        # order (nnU-Net's NonDetMultiThreadedAugmenter takes whichever worker is ready first).
         import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
 
-        original = trainer_module.nnUNetDataLoader
-        trainer_module.nnUNetDataLoader = self.data_loader_class
+        seed = self.seed_used
+        streams = iter((SEED_STREAM_TRAIN_WORKERS, SEED_STREAM_VAL_WORKERS))  # nnU-Net builds train, then val
+        loader_class = self.data_loader_class
+
+        def make_loader(*args, **kwargs):
+            loader = loader_class(*args, **kwargs)
+            if seed is not None:
+                loader.worker_seed = derive_seed(seed, next(streams))
+            return loader
+
+        def make_augmenter(data_loader, transform, num_processes, num_cached=2, seeds=None, pin_memory=False,
+                           wait_time=0.02):
+            from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+
+            return MultiThreadedAugmenter(data_loader, transform, num_processes,
+                                          num_cached_per_queue=max(2, num_cached // num_processes),
+                                          pin_memory=pin_memory, wait_time=wait_time)
+
+        if seed is not None:
+            seed_everything(derive_seed(seed, SEED_STREAM_DATA))
+        originals = trainer_module.nnUNetDataLoader, trainer_module.NonDetMultiThreadedAugmenter
+        trainer_module.nnUNetDataLoader = make_loader
+        if seed is not None:
+            trainer_module.NonDetMultiThreadedAugmenter = make_augmenter
         try:
             return super().get_dataloaders()
         finally:
-            trainer_module.nnUNetDataLoader = original
+            trainer_module.nnUNetDataLoader, trainer_module.NonDetMultiThreadedAugmenter = originals

@@ -1,0 +1,257 @@
+"""Relation constraints between classes: barrier terms on differences and ratios (pure torch).
+
+The population-prior counterpart of :mod:`nnunet_shape.core.priors`: a relation states how
+two classes' predicted descriptors relate, never an absolute value, so one statement holds
+for every case of a population. Every relation is a frozen dataclass with ``name``,
+``required_descriptors`` and ``penalty(context) -> PriorPenalty`` (the protocol of
+:class:`~nnunet_shape.core.priors.RatioPrior`), so it goes straight into the ``priors``
+argument of :func:`~nnunet_shape.core.losses.shape_descriptor_loss`.
+
+All relations work in the ARRAY frame of the predicted probabilities ``(B, K, *S)``: axis
+``d`` of a box is array axis ``d``, lengths in mm of the spacing given to the loss.
+:mod:`nnunet_shape.core.anatomical_frame` maps boxes stated in the patient's anatomical
+frame to that frame.
+
+* :class:`CentroidOffset` -- ``low_d <= C_b[d] - C_a[d] <= high_d`` per axis (a box for the
+  offset of class b from class a; ``low = -high`` gives "equal centroids within a box").
+* :class:`DescriptorRatio` -- ``low_m <= f_num[m] / f_den[m] <= high_m`` per component of
+  volume / surface (one component) or spread (one per axis). :class:`RatioPrior` is the
+  case of one interval for every component.
+* :class:`NestedCentroid` -- ``|C_inner[d] - C_outer[d]| <= factor * spread_outer[d]`` per
+  axis: the inner class's centroid lies within ``factor`` standard deviations of the outer
+  class's mass.
+
+Bounds given as ``nan`` or ``+-inf`` leave that side unconstrained. A relation is inactive
+in cases where one of its classes is absent (``PriorContext.present``).
+
+Scales (``ctx.scale_mode == "half_width"``, the default of the loss): the half-width of the
+feasible interval (``(high - low) / 2``), 10 % of the finite bound when one-sided, floored
+at half a voxel (offsets) or 1e-3 (ratios) -- the rule of the descriptor bounds in
+:mod:`nnunet_shape.core.losses`. ``"natural"``: the image extent per axis (offsets), the
+interval midpoint (ratios). :class:`NestedCentroid`'s interval moves with the prediction,
+so its scale is fixed: 10 % of the image extent per axis (at least half a voxel).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from nnunet_shape.core.barrier import extended_log_barrier
+from nnunet_shape.core.bounds import DEFAULT_RELATIVE_MARGIN, RESOLUTION_FLOOR
+from nnunet_shape.core.descriptors import DESCRIPTOR_NAMES, class_ratio
+from nnunet_shape.core.priors import PriorContext, PriorPenalty, prior_status
+
+__all__ = ["CentroidOffset", "DescriptorRatio", "NestedCentroid", "Relation", "RATIO_DESCRIPTORS"]
+
+RATIO_DESCRIPTORS = ("volume", "surface", "spread")
+#: smallest scale of a ratio constraint (ratios are unit-free)
+RATIO_SCALE_FLOOR = 1e-3
+
+
+def _as_bounds(values: Sequence[float] | float, where: str, field: str) -> tuple[float, ...]:
+    """Floats (nan and +-inf allowed) as a tuple; one float is one component."""
+    if isinstance(values, (int, float)):
+        values = (values,)
+    out = tuple(float(v) for v in values)
+    if not out:
+        raise ValueError(f"{where}: {field} is empty; give one bound per component")
+    return out
+
+
+def _check_intervals(low: tuple[float, ...], high: tuple[float, ...], where: str) -> None:
+    if len(low) != len(high):
+        raise ValueError(f"{where}: low has {len(low)} components, high {len(high)}; give one per component")
+    for d, (lo, hi) in enumerate(zip(low, high)):
+        if math.isfinite(lo) and math.isfinite(hi) and lo > hi:
+            raise ValueError(f"{where}: component {d}: low={lo} > high={hi}")
+        if lo == math.inf or hi == -math.inf:
+            raise ValueError(f"{where}: component {d}: [{lo}, {hi}] is empty")
+
+
+def _interval_barrier(
+    value: Tensor, low: tuple[float, ...], high: tuple[float, ...], scale: Tensor, t: float | Tensor, both: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Barrier terms of ``low <= value <= high`` per component.
+
+    Args:
+        value: (B, M).
+        low, high: M floats each (non-finite = no constraint on that side).
+        scale: broadcastable to (B, M), positive.
+        both: (B,) bool -- the classes involved are present.
+    Returns:
+        ``psi`` (B, 2M), ``active`` (B, 2M) and ``ok`` (B,): every active constraint holds.
+    """
+    lo = value.new_tensor(low)
+    hi = value.new_tensor(high)
+    lo_ok = torch.isfinite(lo)
+    hi_ok = torch.isfinite(hi)
+    lo_f = torch.where(lo_ok, lo, torch.zeros_like(lo))
+    hi_f = torch.where(hi_ok, hi, torch.zeros_like(hi))
+    scale = torch.broadcast_to(scale, value.shape)
+    z = torch.cat([(lo_f - value) / scale, (value - hi_f) / scale], dim=1)  # (B, 2M)
+    used = torch.cat([lo_ok, hi_ok]).unsqueeze(0) & both.unsqueeze(1)  # (B, 2M)
+    psi = extended_log_barrier(z, t)
+    inside = (~lo_ok | (value >= lo_f)) & (~hi_ok | (value <= hi_f))  # (B, M)
+    ok = inside.all(dim=1) | ~both
+    return psi, used, ok
+
+
+def _half_width(low: tuple[float, ...], high: tuple[float, ...], floor: Tensor | float, like: Tensor) -> Tensor:
+    """(1|B, M) half-width of each interval (10 % of the finite bound if one-sided), floored."""
+    halves = []
+    for lo, hi in zip(low, high):
+        finite = [v for v in (lo, hi) if math.isfinite(v)]
+        if len(finite) == 2:
+            halves.append((hi - lo) / 2)
+        elif finite:
+            halves.append(DEFAULT_RELATIVE_MARGIN * abs(finite[0]))
+        else:
+            halves.append(1.0)  # unused: no constraint
+    half = like.new_tensor(halves).unsqueeze(0)
+    return torch.maximum(half, torch.as_tensor(floor, dtype=like.dtype, device=like.device))
+
+
+def _both_present(ctx: PriorContext, a: int, b: int) -> Tensor:
+    return ctx.present[:, a] & ctx.present[:, b]
+
+
+@dataclass(frozen=True)
+class CentroidOffset:
+    """``low[d] <= C_to[d] - C_from[d] <= high[d]`` (mm) for every array axis ``d``.
+
+    ``low``/``high`` have one entry per spatial axis; ``nan``/``inf`` = unconstrained.
+    """
+
+    class_from: int
+    class_to: int
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        where = f"CentroidOffset({self.class_from} -> {self.class_to})"
+        object.__setattr__(self, "low", _as_bounds(self.low, where, "low"))
+        object.__setattr__(self, "high", _as_bounds(self.high, where, "high"))
+        _check_intervals(self.low, self.high, where)
+        if self.class_from == self.class_to:
+            raise ValueError(f"{where}: the two classes must differ")
+
+    @property
+    def name(self) -> str:
+        return f"relation_centroid_offset_{self.class_from}_{self.class_to}"
+
+    @property
+    def required_descriptors(self) -> tuple[str, ...]:
+        return ("centroid",)
+
+    def penalty(self, ctx: PriorContext) -> PriorPenalty:
+        c = ctx.values["centroid"]
+        if c.shape[-1] != len(self.low):
+            raise ValueError(
+                f"{self.name}: {len(self.low)} bounds per offset, but the centroids have {c.shape[-1]} axes"
+            )
+        offset = c[:, self.class_to] - c[:, self.class_from]  # (B, D)
+        if ctx.scale_mode == "natural":
+            scale = ctx.extent.to(offset.dtype)
+        else:
+            scale = _half_width(self.low, self.high, RESOLUTION_FLOOR * ctx.spacing.to(offset.dtype), offset)
+        both = _both_present(ctx, self.class_from, self.class_to)
+        psi, active, ok = _interval_barrier(offset, self.low, self.high, scale, ctx.t, both)
+        return prior_status(psi, active, ok, (self.class_from, self.class_to), ctx)
+
+
+@dataclass(frozen=True)
+class DescriptorRatio:
+    """``low[m] <= f_numerator[m] / f_denominator[m] <= high[m]`` per component.
+
+    ``descriptor``: volume or surface (one component) or spread (one per array axis).
+    """
+
+    descriptor: str
+    numerator: int
+    denominator: int
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        where = f"DescriptorRatio({self.descriptor}, {self.numerator} / {self.denominator})"
+        if self.descriptor not in RATIO_DESCRIPTORS:
+            known = DESCRIPTOR_NAMES if self.descriptor not in DESCRIPTOR_NAMES else RATIO_DESCRIPTORS
+            raise ValueError(f"{where}: descriptor must be one of {RATIO_DESCRIPTORS}, got {self.descriptor!r} "
+                             f"(descriptors: {known})")
+        object.__setattr__(self, "low", _as_bounds(self.low, where, "low"))
+        object.__setattr__(self, "high", _as_bounds(self.high, where, "high"))
+        _check_intervals(self.low, self.high, where)
+        if self.descriptor != "spread" and len(self.low) != 1:
+            raise ValueError(f"{where}: {self.descriptor} is one value per class; give one bound, got {len(self.low)}")
+        if self.numerator == self.denominator:
+            raise ValueError(f"{where}: the two classes must differ")
+
+    @property
+    def name(self) -> str:
+        return f"relation_{self.descriptor}_ratio_{self.numerator}_{self.denominator}"
+
+    @property
+    def required_descriptors(self) -> tuple[str, ...]:
+        return (self.descriptor,)
+
+    def penalty(self, ctx: PriorContext) -> PriorPenalty:
+        values = ctx.values[self.descriptor]
+        ratio = class_ratio(values, self.numerator, self.denominator)
+        ratio = ratio.reshape(ratio.shape[0], -1)  # (B, M)
+        if ratio.shape[1] != len(self.low):
+            raise ValueError(f"{self.name}: {len(self.low)} bounds, but the ratio has {ratio.shape[1]} components")
+        if ctx.scale_mode == "natural":
+            mids = []
+            for lo, hi in zip(self.low, self.high):
+                finite = [v for v in (lo, hi) if math.isfinite(v)]
+                mids.append(max(abs(sum(finite) / len(finite)), 1e-6) if finite else 1.0)
+            scale = ratio.new_tensor(mids).unsqueeze(0)
+        else:
+            scale = _half_width(self.low, self.high, RATIO_SCALE_FLOOR, ratio)
+        both = _both_present(ctx, self.numerator, self.denominator)
+        psi, active, ok = _interval_barrier(ratio, self.low, self.high, scale, ctx.t, both)
+        return prior_status(psi, active, ok, (self.numerator, self.denominator), ctx)
+
+
+@dataclass(frozen=True)
+class NestedCentroid:
+    """``|C_inner[d] - C_outer[d]| <= factor * spread_outer[d]`` for every array axis ``d``."""
+
+    inner: int
+    outer: int
+    factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.factor) and self.factor > 0):
+            raise ValueError(f"NestedCentroid({self.inner} in {self.outer}): factor must be > 0, got {self.factor}")
+        if self.inner == self.outer:
+            raise ValueError(f"NestedCentroid({self.inner} in {self.outer}): the two classes must differ")
+
+    @property
+    def name(self) -> str:
+        return f"relation_nested_centroid_{self.inner}_{self.outer}"
+
+    @property
+    def required_descriptors(self) -> tuple[str, ...]:
+        return ("centroid", "spread")
+
+    def penalty(self, ctx: PriorContext) -> PriorPenalty:
+        c = ctx.values["centroid"]
+        difference = c[:, self.inner] - c[:, self.outer]  # (B, D)
+        reach = self.factor * ctx.values["spread"][:, self.outer].to(difference.dtype)  # (B, D)
+        extent = ctx.extent.to(difference.dtype)
+        scale = torch.maximum(DEFAULT_RELATIVE_MARGIN * extent, RESOLUTION_FLOOR * ctx.spacing.to(difference.dtype))
+        z = torch.cat([(difference - reach) / scale, (-difference - reach) / scale], dim=1)  # (B, 2D)
+        both = _both_present(ctx, self.inner, self.outer)
+        psi = extended_log_barrier(z, ctx.t)
+        active = both.unsqueeze(1).expand_as(z)
+        ok = (difference.abs() <= reach).all(dim=1) | ~both
+        return prior_status(psi, active, ok, (self.inner, self.outer), ctx)
+
+
+Relation = CentroidOffset | DescriptorRatio | NestedCentroid

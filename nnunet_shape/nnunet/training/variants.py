@@ -1,0 +1,66 @@
+"""Training lengths of the nnunet-shape trainers, as nnU-Net names them (``_5epochs``, ...).
+
+Each length is a small mixin that sets the three schedule attributes of
+``nnUNetTrainerWholeScan``; every trainer module declares its variants beside the trainer, one
+explicit class statement per length (so that ``grep "class nnUNetTrainerShapeDescriptors_demo"``
+finds it), e.g. ::
+
+    class nnUNetTrainerSomething_demo(DemoSchedule, nnUNetTrainerSomething): ...
+
+The mixin comes first so that its attributes win over the trainer's. A new length is one more
+mixin here, one entry in ``LENGTH_SCHEDULES`` and one class per trainer beside the others
+(``tests/test_whole_scan_trainer.py`` checks that every trainer has every length).
+"""
+
+from __future__ import annotations
+
+
+class Schedule5Epochs:
+    """5 epochs of 250 iterations, 50 validation iterations."""
+
+    training_epochs: int = 5
+    iterations_per_epoch: int = 250
+    val_iterations_per_epoch: int = 50
+
+
+class Schedule50Epochs:
+    """50 epochs of 250 iterations, 50 validation iterations."""
+
+    training_epochs: int = 50
+    iterations_per_epoch: int = 250
+    val_iterations_per_epoch: int = 50
+
+
+class Schedule250Epochs:
+    """250 epochs of 250 iterations, 50 validation iterations."""
+
+    training_epochs: int = 250
+    iterations_per_epoch: int = 250
+    val_iterations_per_epoch: int = 50
+
+
+class DemoSchedule:
+    """``make demo`` (nnunet_shape.demo): every Table-1 row gets this CPU-sized schedule,
+    12 epochs of 50 iterations, 2 validation iterations."""
+
+    training_epochs: int = 12
+    iterations_per_epoch: int = 50
+    val_iterations_per_epoch: int = 2
+
+
+class DebugSchedule:
+    """Smoke tests: one epoch of 3 iterations and one validation iteration."""
+
+    training_epochs: int = 1
+    iterations_per_epoch: int = 3
+    val_iterations_per_epoch: int = 1
+
+
+#: class-name suffix -> its schedule
+LENGTH_SCHEDULES: dict[str, type] = {
+    "_5epochs": Schedule5Epochs,
+    "_50epochs": Schedule50Epochs,
+    "_250epochs": Schedule250Epochs,
+    "_demo": DemoSchedule,
+    "_debug": DebugSchedule,
+}
