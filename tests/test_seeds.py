@@ -93,7 +93,10 @@ def _identical(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2 augmentation workers"])
+# in-process augmentation only: with nnUNet_n_proc_DA > 0 nnU-Net's NonDetMultiThreadedAugmenter
+# hands over batches in arrival order, so a seeded run is not bit-identical there (the trainer
+# logs a warning; docs/method.md, "Seeds")
+@pytest.mark.parametrize("workers", [0], ids=["in-process"])
 def test_same_seed_gives_identical_weights_and_another_seed_differs(planned, monkeypatch, workers):
     root, _ = planned
     initial_a, final_a, checkpoint = _train(root, monkeypatch, "3", workers)

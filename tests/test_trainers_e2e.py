@@ -7,9 +7,16 @@ session; each test trains a ``_debug`` trainer on CPU and predicts the test case
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from e2e_helpers import run_cli, train_env
 
@@ -99,4 +106,61 @@ def test_resume_with_c_restores_the_barrier_t(planned):
     assert "resumed at epoch 1: barrier t = 1.1," in resumed.stdout
     resumed_logs = set(fold.glob("training_log_*.txt")) - first_logs
     assert any("resumed at epoch 1: barrier t = 1.1," in log.read_text() for log in resumed_logs)
+    assert (fold / "checkpoint_final.pth").is_file()
+
+
+KILL_TEST_TRAINER_MODULE = '''
+from nnunet_shape.nnunet.training.shape_trainers import nnUNetTrainerShapeDescriptorsGrowingT
+
+
+class nnUNetTrainerShapeDescriptorsGrowingT_killtest(nnUNetTrainerShapeDescriptorsGrowingT):
+    """Six short epochs, a checkpoint_latest after every one: something to kill in the middle."""
+
+    training_epochs = 6
+    iterations_per_epoch = 3
+    val_iterations_per_epoch = 1
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.save_every = 1
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_training_killed_mid_run_resumes_with_c(planned, tmp_path, signal_number):
+    """A training stopped by SIGKILL (out of memory, a cluster's pre-emption) or SIGINT (Ctrl-C)
+    after some epochs resumes with ``nnUNetv2_train … --c`` from its latest checkpoint: the
+    barrier t continues (not from t0) and the run finishes with checkpoint_final."""
+    root, env = planned
+    extra = tmp_path / "ext_trainers"
+    extra.mkdir()
+    (extra / "kill_test_trainer.py").write_text(KILL_TEST_TRAINER_MODULE)
+    env = {**train_env(env), "nnUNet_extTrainer": env["nnUNet_extTrainer"] + os.pathsep + str(extra)}
+    trainer = "nnUNetTrainerShapeDescriptorsGrowingT_killtest"
+    command = ["nnUNetv2_train", "701", "3d_fullres", "0", "-tr", trainer, "-device", "cpu"]
+    fold = results_folder(root, trainer, "3d_fullres") / "fold_0"
+    shutil.rmtree(fold, ignore_errors=True)
+    with open(tmp_path / "first_run.log", "w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 600
+            while not (fold / "checkpoint_latest.pth").is_file():
+                assert process.poll() is None, (tmp_path / "first_run.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no checkpoint_latest.pth within 600 s"
+                time.sleep(0.5)
+            time.sleep(1.0)  # let the save finish: the kill is meant to land between epochs
+            process.send_signal(signal_number)
+            process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode != 0, "the training ended by itself before it could be stopped"
+    assert not (fold / "checkpoint_final.pth").exists()
+    resumed = run_cli(command + ["--c"], env, log=tmp_path / "resumed.log")
+    match = re.search(r"resumed at epoch (\d+): barrier t = ([0-9.]+),", resumed.stdout)
+    assert match is not None, resumed.stdout[-3000:]
+    epoch, t = int(match.group(1)), float(match.group(2))
+    assert 1 <= epoch < 6
+    assert t == pytest.approx(1.1 ** epoch, rel=1e-3)  # GrowingT: t0 = 1, x1.1 per epoch
     assert (fold / "checkpoint_final.pth").is_file()

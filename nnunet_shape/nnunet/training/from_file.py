@@ -20,7 +20,7 @@ unused.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -363,6 +363,32 @@ class nnUNetTrainerShapeDescriptorsFromFile(nnUNetTrainerShapeDescriptors):
         spacing = [self._targets_for_case(key)[1] for key in batch["keys"]]
         return self._batch_bounds(batch), torch.tensor(spacing, dtype=torch.float32, device=self.device)
 
+    def _predict_validation_cases(self, folder: str, save_probabilities: bool = False
+                                  ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Predict every validation case with nnU-Net's predictor, export it into ``folder`` in
+        the raw geometry, and yield ``(case id, logits (K, *patch))``. Loads images only: the
+        label-free dataset never opens a segmentation."""
+        from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p
+        from nnunetv2.inference.export_prediction import export_prediction_from_logits
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        self.network.eval()
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                    perform_everything_on_device=True, device=self.device, verbose=False,
+                                    verbose_preprocessing=False, allow_tqdm=False)
+        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
+                                        self.dataset_json, self.__class__.__name__,
+                                        self.inference_allowed_mirroring_axes)
+        maybe_mkdir_p(folder)
+        _, val_keys = self.do_split()
+        dataset = LabelFreeDataset(self.dataset_class(self.preprocessed_dataset_folder, val_keys))
+        for key in val_keys:
+            data, _, _, properties = dataset.load_case(key)
+            logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data[:])))
+            export_prediction_from_logits(logits.cpu(), properties, self.configuration_manager, self.plans_manager,
+                                          self.dataset_json, join(folder, key), save_probabilities)
+            yield key, logits
+
     def perform_actual_validation(self, save_probabilities: bool = False):
         """Predict the validation cases and compare their descriptors with the descriptor files.
 
@@ -371,31 +397,13 @@ class nnUNetTrainerShapeDescriptorsFromFile(nnUNetTrainerShapeDescriptors):
         ``validation/descriptor_agreement.json`` (relative volume error, centroid distance in mm
         per class and case).
         """
-        from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p
-        from nnunetv2.inference.export_prediction import export_prediction_from_logits
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
         from nnunet_shape.descriptor_files.atomic import write_json_atomic
         from nnunet_shape.descriptor_files.export import export_files
 
         self.set_deep_supervision_enabled(False)
-        self.network.eval()
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                    perform_everything_on_device=True, device=self.device, verbose=False,
-                                    verbose_preprocessing=False, allow_tqdm=False)
-        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
-                                        self.dataset_json, self.__class__.__name__,
-                                        self.inference_allowed_mirroring_axes)
         folder = join(self.output_folder, "validation")
-        maybe_mkdir_p(folder)
-        _, val_keys = self.do_split()
-        dataset = LabelFreeDataset(self.dataset_class(self.preprocessed_dataset_folder, val_keys))
         predicted = {}
-        for key in val_keys:
-            data, _, _, properties = dataset.load_case(key)
-            logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data[:])))
-            export_prediction_from_logits(logits.cpu(), properties, self.configuration_manager, self.plans_manager,
-                                          self.dataset_json, join(folder, key), save_probabilities)
+        for key, _ in self._predict_validation_cases(folder, save_probabilities):
             predicted[key] = join(folder, key + self.dataset_json["file_ending"])
         export_files(predicted, join(folder, "descriptors"), self.dataset_json, num_processes=1)
         agreement = descriptor_agreement(self._load_case_files(), join(folder, "descriptors"), self.dataset_json)

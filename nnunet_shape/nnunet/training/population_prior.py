@@ -56,7 +56,6 @@ from nnunet_shape.descriptor_files.population_prior import (
     load_population_prior,
 )
 from nnunet_shape.nnunet.training.from_file import (
-    LabelFreeDataset,
     Targets,
     nnUNetTrainerShapeDescriptorsFromFile,
     sample_index_map,
@@ -344,32 +343,14 @@ class nnUNetTrainerShapePopulationPrior(nnUNetTrainerShapeDescriptorsFromFile):
         """Predict the validation cases and check the hard predictions against the prior:
         ``validation/prior_satisfaction.json`` (per case: per class and descriptor, and per
         relation, whether it holds), measured in the preprocessed frame of each case."""
-        from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p
-        from nnunetv2.inference.export_prediction import export_prediction_from_logits
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
         from nnunet_shape.core.losses import shape_descriptor_loss
         from nnunet_shape.descriptor_files.atomic import write_json_atomic
 
         self.set_deep_supervision_enabled(False)
-        self.network.eval()
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                    perform_everything_on_device=True, device=self.device, verbose=False,
-                                    verbose_preprocessing=False, allow_tqdm=False)
-        predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
-                                        self.dataset_json, self.__class__.__name__,
-                                        self.inference_allowed_mirroring_axes)
         folder = join(self.output_folder, "validation")
-        maybe_mkdir_p(folder)
-        _, val_keys = self.do_split()
-        dataset = LabelFreeDataset(self.dataset_class(self.preprocessed_dataset_folder, val_keys))
         classes = ["background", *self._classes_for_report()]
         report: dict[str, dict] = {}
-        for key in val_keys:
-            data, _, _, properties = dataset.load_case(key)
-            logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.asarray(data[:])))
-            export_prediction_from_logits(logits.cpu(), properties, self.configuration_manager, self.plans_manager,
-                                          self.dataset_json, join(folder, key), save_probabilities)
+        for key, logits in self._predict_validation_cases(folder, save_probabilities):
             cc = self._constraints_for_case(key)
             hard = torch.nn.functional.one_hot(logits.float().argmax(0), logits.shape[0])
             hard = hard.movedim(-1, 0)[None].double()

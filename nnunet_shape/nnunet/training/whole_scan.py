@@ -573,9 +573,10 @@ class nnUNetTrainerWholeScan(nnUNetTrainer):
         # nnU-Net's get_dataloaders builds both loaders, wraps them in its augmenters and starts
         # them; rather than copying those 60 lines, the loader class it looks up is rebound to
         # ours for the duration of the call.
-        # A seeded run also gets seeded workers (WholeCaseDataLoader.worker_seed) and
-        # batchgenerators' MultiThreadedAugmenter, which returns the workers' batches in a fixed
-        # order (nnU-Net's NonDetMultiThreadedAugmenter takes whichever worker is ready first).
+        # A seeded run also gets seeded workers (WholeCaseDataLoader.worker_seed). nnU-Net's
+        # NonDetMultiThreadedAugmenter takes whichever worker's batch is ready first, so with
+        # workers the batch order is not reproducible (swapping in batchgenerators' ordered
+        # MultiThreadedAugmenter hung nnUNetv2_train with 2 workers: not done).
         import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
 
         seed = self.seed_used
@@ -588,21 +589,19 @@ class nnUNetTrainerWholeScan(nnUNetTrainer):
                 loader.worker_seed = derive_seed(seed, next(streams))
             return loader
 
-        def make_augmenter(data_loader, transform, num_processes, num_cached=2, seeds=None, pin_memory=False,
-                           wait_time=0.02):
-            from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
-
-            return MultiThreadedAugmenter(data_loader, transform, num_processes,
-                                          num_cached_per_queue=max(2, num_cached // num_processes),
-                                          pin_memory=pin_memory, wait_time=wait_time)
-
         if seed is not None:
             seed_everything(derive_seed(seed, SEED_STREAM_DATA))
-        originals = trainer_module.nnUNetDataLoader, trainer_module.NonDetMultiThreadedAugmenter
+        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+        if seed is not None and get_allowed_n_proc_DA() > 0:
+            self.print_to_log_file(
+                "WARNING: seeded run with augmentation workers (nnUNet_n_proc_DA > 0): each worker is "
+                "seeded, but nnU-Net's NonDetMultiThreadedAugmenter hands over whichever worker's batch "
+                "is ready first, so the batch order (and the weights) can differ between runs; "
+                "set nnUNet_n_proc_DA=0 for a bit-identical repeat")
+        original = trainer_module.nnUNetDataLoader
         trainer_module.nnUNetDataLoader = make_loader
-        if seed is not None:
-            trainer_module.NonDetMultiThreadedAugmenter = make_augmenter
         try:
             return super().get_dataloaders()
         finally:
-            trainer_module.nnUNetDataLoader, trainer_module.NonDetMultiThreadedAugmenter = originals
+            trainer_module.nnUNetDataLoader = original
