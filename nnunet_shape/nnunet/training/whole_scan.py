@@ -481,6 +481,18 @@ class nnUNetTrainerWholeScan(nnUNetTrainer):
         self.logger.log(SEED_KEY, self.seed_used, self.current_epoch)
         super().on_train_epoch_start()
 
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint, written beside ``filename`` and renamed onto it.
+
+        nnU-Net saves with ``torch.save`` in place: a kill (SIGKILL, SIGINT, a pre-empted job)
+        during the save leaves a truncated ``checkpoint_latest.pth`` that ``nnUNetv2_train --c``
+        cannot load. The rename is atomic on POSIX, so the file is the old or the new checkpoint.
+        """
+        partial = f"{filename}.partial"
+        super().save_checkpoint(partial)
+        if os.path.isfile(partial):
+            os.replace(partial, filename)
+
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
         logged = self.logger.local_logger.my_fantastic_logging
