@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nnunet-shape-installed
 
-.PHONY: test test-slow test-all test-gpu lint demo bench gpu-check venv clean
+.PHONY: test test-slow test-all test-gpu lint demo demo-weak demo-priors bench gpu-check venv clean
 
 venv: $(STAMP)
 
@@ -38,8 +38,19 @@ test-gpu: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# SEEDS=3: every row with 3 training seeds, mean ± std across seeds (about 15 min per seed)
+SEEDS ?= 1
 demo: $(STAMP)
-	$(PY) -m nnunet_shape.demo --output demo_output
+	$(PY) -m nnunet_shape.demo --output demo_output --seeds $(SEEDS)
+
+# Paper 003's comparison on the same phantoms: full supervision, sparse slices, Weak-Net, descriptors,
+# no-image baselines; IoU and Dice against annotation effort (report.md, iou_vs_effort.png)
+demo-weak: $(STAMP)
+	$(PY) -m nnunet_shape.demo --suite weak --output demo_weak_output
+
+# Anatomical knowledge instead of per-case values: population priors, bounds from clicks, baselines
+demo-priors: $(STAMP)
+	$(PY) -m nnunet_shape.demo --suite priors --output demo_priors_output
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py --output benchmarks/results.md
@@ -50,4 +61,4 @@ gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py --device $(DEVICE) --output benchmarks/gpu_check.json
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) demo_output demo_weak_output demo_priors_output .pytest_cache

@@ -26,6 +26,7 @@ from nnunet_shape.demo.overlays import (
     save_overlay_figure,
 )
 from nnunet_shape.demo.report import (
+    BASELINE_TITLES,
     TableRow,
     chance_dice,
     compartments_found,
@@ -194,6 +195,30 @@ def test_table_rows_and_markdown_table():
                                "| 0.0 |")
     with pytest.raises(ValueError, match="raw"):
         format_dice_table(rows, "raw")
+
+
+def _baseline_summary(femur: float, tibia: float) -> dict:
+    return {"mean": {"1": {"Dice": femur}, "2": {"Dice": tibia}}, "std": {"1": {"Dice": 0.1}, "2": {"Dice": 0.0}},
+            "foreground_mean": {"Dice": (femur + tibia) / 2}, "class_names": {"1": "femur", "2": "tibia"}}
+
+
+def test_baseline_rows_table_and_verdict():
+    from nnunet_shape.demo.report import baseline_rows, baseline_verdict
+
+    rows = baseline_rows({"atlas": _baseline_summary(0.6, 0.4), "descriptor_ellipsoids": _baseline_summary(0.3, 0.1)},
+                         case_shape=(2, 3, 4), n_classes=2)
+    assert [(r.setting, r.postprocessing, r.annotations, r.avg_dice) for r in rows] == [
+        (BASELINE_TITLES["atlas"], "none", 24, 0.5), (BASELINE_TITLES["descriptor_ellipsoids"], "none", 14, 0.2)]
+    assert rows[0].dice_mean == {"femur": 0.6, "tibia": 0.4} and rows[0].dice_std == {"femur": 0.1, "tibia": 0.0}
+    text = baseline_verdict({"vcd": 0.3, "vc": 0.1}, rows)
+    assert text == ("V+C+D does NOT beat the atlas (30.0 vs 50.0 %), beats the descriptor ellipsoids (30.0 vs 20.0 %); "
+                    "V+C does NOT beat the atlas (10.0 vs 50.0 %), does NOT beat the descriptor ellipsoids "
+                    "(10.0 vs 20.0 %)")
+    model = TableRow("V+C+D", "t", "chosen", 0.3, {"femur": 0.5, "tibia": 0.1}, {"femur": 0.0, "tibia": 0.0}, 14,
+                     "descriptor values")
+    lines = format_dice_table([model], "chosen", baselines=rows).splitlines()
+    assert lines[3] == f"| {BASELINE_TITLES['atlas']} | 50.0 | 60.0 ± 10.0 | 40.0 ± 0.0 | 24 voxels (training labels) |"
+    assert len(lines) == 5
 
 
 def test_descriptor_error_table_in_percent_and_mm():
@@ -461,15 +486,22 @@ def test_demo_smoke_run(tmp_path):
         capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
     # progress: every stage announced and finished, nnU-Net's epoch lines streamed through
-    for k in range(1, 12):
-        assert re.search(rf"^\[{k}/11\] .*: \d+ s \(total \d+ s\)$", completed.stdout, re.M), k
+    for k in range(1, 13):
+        assert re.search(rf"^\[{k}/12\] .*: \d+ s \(total \d+ s\)$", completed.stdout, re.M), k
     assert "Epoch time:" in completed.stdout and "Please cite" not in completed.stdout
 
     with open(output / "table.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["setting"], r["postprocessing"]) for r in rows] == [
-        (s.title, v) for s in SETTINGS for v in ("raw", "largest_component", "chosen")]
+        (s.title, v) for s in SETTINGS for v in ("raw", "largest_component", "chosen")] + [
+        (BASELINE_TITLES[b], "none") for b in ("atlas", "descriptor_ellipsoids")]
     assert {r["annotations_per_case"] for r in rows} == {str(math.prod(shape)), "16", "28"}
+    for baseline, row in zip(("atlas", "descriptor_ellipsoids"), rows[-2:]):
+        summary = json.loads((output / "evaluation" / "baselines" / baseline / "summary_shape.json").read_text())
+        assert float(row["avg_dice"]) == pytest.approx(summary["foreground_mean"]["Dice"], abs=1e-6)
+        assert len(list((output / "predictions" / "baselines" / baseline).glob("*.nii.gz"))) == 2
+    assert "the descriptor ellipsoids (" in completed.stdout
+    rows = rows[:-2]
     for row in rows:
         slug = next(s.slug for s in SETTINGS if s.title == row["setting"])
         summary = json.loads((output / "evaluation" / slug / row["postprocessing"] / "summary_shape.json").read_text())
@@ -518,6 +550,7 @@ def test_demo_smoke_run(tmp_path):
 
     report = (output / "report.md").read_text()
     assert "Table 1" in report and "## Timings" in report and "ordering full supervision" in report
+    assert "**Against the no-image baselines**" in report and BASELINE_TITLES["atlas"] in report
     headings = ["## Table 1 (test set, postprocessing chosen on the validation cases)",
                 "### The postprocessing chosen per label", "### After the largest component of every label, "
                 "unconditionally", "### Before postprocessing"]

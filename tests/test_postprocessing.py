@@ -535,3 +535,24 @@ def test_our_pkl_is_applied_by_nnunets_console_script(tmp_path):
             after = sitk.GetArrayFromImage(ours_image)
             assert after[8:, 20:, :].max() == 0
             assert np.array_equal(after == 2, before == 2) and np.array_equal(after == 3, before == 3)
+
+
+@pytest.mark.parametrize("missing, message", [
+    ("plans.json", "expected plans file missing: {folder}/plans.json (pass -plans_json)"),
+    ("dataset.json", "expected dataset.json missing: {folder}/dataset.json (pass -dataset_json)"),
+])
+def test_load_plans_and_dataset_names_the_missing_file_and_the_option(tmp_path, missing, message):
+    from nnunet_shape.errors import UserError
+    from nnunet_shape.nnunet.postprocessing import _load_plans_and_dataset
+
+    (tmp_path / "plans.json").write_text(json.dumps({"image_reader_writer": "SimpleITKIO"}), encoding="utf-8")
+    (tmp_path / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz", "labels": {"background": 0}}),
+                                           encoding="utf-8")
+    plans, dataset_json = _load_plans_and_dataset(str(tmp_path), None, None)
+    assert plans == {"image_reader_writer": "SimpleITKIO"} and dataset_json["file_ending"] == ".nii.gz"
+    given = _load_plans_and_dataset(str(tmp_path / "elsewhere"), {"p": 1}, {"d": 2})  # given: no file is looked for
+    assert given == ({"p": 1}, {"d": 2})
+    (tmp_path / missing).unlink()
+    with pytest.raises(UserError) as error:
+        _load_plans_and_dataset(str(tmp_path), None, None)
+    assert str(error.value) == message.format(folder=tmp_path)

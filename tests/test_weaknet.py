@@ -268,6 +268,45 @@ def test_weak_net_loss_is_ce_plus_lambda_weighted_mse(with_templates, monkeypatc
     assert type(trainer.network).__name__ == "PlainConvUNet"
 
 
+def test_weaknet_checkpoint_is_one_atomic_write_and_resumes_the_reconstruction_network(with_templates, monkeypatch,
+                                                                                          tmp_path):
+    import os
+
+    from nnunet_shape.nnunet.training.weaknet import RECONSTRUCTION_KEY, nnUNetTrainerWeakNet_debug
+
+    root, _ = with_templates
+    monkeypatch.setenv("nnUNet_raw", str(root / "nnUNet_raw"))
+    trainer = make_trainer(root, nnUNetTrainerWeakNet_debug, monkeypatch)
+    trainer.initialize()
+    path = tmp_path / "checkpoint_latest.pth"
+    writes, loads = [], []
+    real_save, real_load = torch.save, torch.load
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (writes.append(os.fspath(f)),
+                                                                real_save(obj, f, *a, **k))[1])
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (loads.append(a), real_load(*a, **k))[1])
+    trainer.save_checkpoint(str(path))
+    # nnU-Net's dict and R's weights in one write, to <file>.partial renamed onto <file>; nothing read back
+    assert writes == [f"{path}.partial"] and loads == []
+    monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.setattr(torch, "load", real_load)
+    assert path.is_file() and not Path(f"{path}.partial").exists()
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    weights = trainer.reconstruction_network.state_dict()
+    assert set(checkpoint[RECONSTRUCTION_KEY]) == set(weights)
+    assert set(checkpoint["network_weights"]) == set(trainer.network.state_dict())
+    assert {"optimizer_state", "logging", "current_epoch", "init_args", "trainer_name"} <= set(checkpoint)
+    # what nnUNetv2_train --c does: a fresh trainer loads the file; R gets its weights back
+    resumed = make_trainer(root, nnUNetTrainerWeakNet_debug, monkeypatch)
+    resumed.initialize()
+    assert not all(torch.equal(v, resumed.reconstruction_network.state_dict()[k]) for k, v in weights.items())
+    resumed.load_checkpoint(str(path))
+    assert all(torch.equal(v, resumed.reconstruction_network.state_dict()[k]) for k, v in weights.items())
+    # one SGD parameter group over both networks, as before
+    assert len(resumed.optimizer.param_groups) == 1
+    assert [id(p) for p in resumed.optimizer.param_groups[0]["params"]] == [
+        id(p) for p in [*resumed.network.parameters(), *resumed.reconstruction_network.parameters()]]
+
+
 def test_weaknet_end_to_end_train_and_predict(with_templates):
     root, env = with_templates
     trainer = "nnUNetTrainerWeakNet_debug"

@@ -17,6 +17,7 @@ from e2e_helpers import make_trainer
 
 import nnunet_shape.nnunet.training.from_file as from_file
 import nnunet_shape.nnunet.training.population_prior as population_prior
+import nnunet_shape.nnunet.training.shape_reconstruction as shape_reconstruction
 import nnunet_shape.nnunet.training.shape_trainers as shape_trainers
 from nnunet_shape.core.anatomical_frame import AnatomicalFrame
 from nnunet_shape.core.bounds import DescriptorBounds
@@ -126,6 +127,8 @@ BASE_TRAINER_MODULES = {
     "nnUNetTrainerShapeFullSupervision": shape_trainers,
     "nnUNetTrainerShapeDescriptorsFromFile": from_file,
     "nnUNetTrainerShapePopulationPrior": population_prior,
+    "nnUNetTrainerShapePopulationPriorImageAware": population_prior,
+    "nnUNetTrainerShapeDescriptorsRecon": shape_reconstruction,
 }
 SCHEDULES = {"": (1000, 250, 50), "_5epochs": (5, 250, 50), "_50epochs": (50, 250, 50),
              "_250epochs": (250, 250, 50), "_demo": (12, 50, 2), "_debug": (1, 3, 1)}
@@ -138,10 +141,10 @@ SCHEDULE_ATTRIBUTES = ("training_epochs", "iterations_per_epoch", "val_iteration
 def test_every_trainer_name_is_an_explicit_class_that_nnunet_finds_with_its_schedule(monkeypatch):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    assert len(ALL_TRAINERS) == 48
+    assert len(ALL_TRAINERS) == 60
     # exported by the library modules (the trainers folder re-exports exactly these)
     assert (set(shape_trainers.TRAINER_NAMES) | set(from_file.TRAINER_NAMES)
-            | set(population_prior.TRAINER_NAMES)) == set(ALL_TRAINERS)
+            | set(population_prior.TRAINER_NAMES) | set(shape_reconstruction.TRAINER_NAMES)) == set(ALL_TRAINERS)
     folder = subprocess.run([str(Path(sys.executable).parent / "nnunet-shape"), "trainers-dir"], check=True,
                             capture_output=True, text=True).stdout.strip()
     monkeypatch.setenv("nnUNet_extTrainer", folder)

@@ -34,11 +34,15 @@ from nnunet_shape.demo.settings import (
     voxel_annotation_count,
 )
 
+# the chance rule lives with the evaluation (one rule in one place); re-exported for the demo's callers
+from nnunet_shape.nnunet.evaluate import chance_dice
+
 __all__ = [
-    "TableRow", "chance_dice", "table_rows", "format_dice_table", "format_descriptor_error_table",
+    "TableRow", "chance_dice", "table_rows", "format_dice_table", "BASELINE_TITLES", "baseline_rows",
+    "baseline_verdict", "format_descriptor_error_table",
     "ordering_verdict", "write_table_csv", "write_descriptor_errors_csv", "copy_curves", "case_overlay",
     "format_postprocessing_decisions", "compartments_found", "format_compartment_table",
-    "write_report", "command_line",
+    "write_report", "command_line", "format_multi_seed_table",
 ]
 
 @dataclass
@@ -58,24 +62,6 @@ class TableRow:
 def _class_order(summary: Mapping[str, Any]) -> list[tuple[Any, str]]:
     names = summary.get("class_names", {})
     return [(key, str(names.get(key, key))) for key in summary["mean"]]
-
-
-def chance_dice(summary: Mapping[str, Any]) -> dict[str, float]:
-    """Expected Dice of a prediction that labels voxels at random with the true class frequencies.
-
-    For a class covering a fraction ``f`` of the volume, a random labelling with that frequency
-    has ``E[TP] = N f^2`` and Dice ``2 N f^2 / (2 N f) = f``: the chance Dice of a class is its
-    volume fraction, averaged here over the cases of ``summary`` (per class name).
-    """
-    result = {}
-    for key, name in _class_order(summary):
-        fractions = []
-        for case in summary["metric_per_case"]:
-            m = case["metrics"][key]
-            total = m["TP"] + m["FP"] + m["FN"] + m["TN"]
-            fractions.append(m["n_ref"] / total if total > 0 else math.nan)
-        result[name] = float(sum(fractions) / len(fractions)) if fractions else math.nan
-    return result
 
 
 def table_rows(summaries: Mapping[tuple[str, str], Mapping[str, Any]], settings: Sequence[Setting],
@@ -113,16 +99,17 @@ def _percent(value: float, std: float | None = None) -> str:
 
 
 def format_dice_table(rows: Sequence[TableRow], postprocessing: str,
-                      chance: Mapping[str, float] | None = None) -> str:
+                      chance: Mapping[str, float] | None = None, baselines: Sequence[TableRow] = ()) -> str:
     """Markdown Table 1 (Dice in %, mean ± std over test cases) for one postprocessing variant;
-    ``chance`` adds a last row with :func:`chance_dice`."""
+    ``baselines`` (:func:`baseline_rows`, no postprocessing) and ``chance`` (:func:`chance_dice`)
+    add the rows of what needs no test image."""
     selected = [r for r in rows if r.postprocessing == postprocessing]
     if not selected:
         raise ValueError(f"format_dice_table: no row with postprocessing {postprocessing!r}")
     classes = list(selected[0].dice_mean)
     header = ["Setting", "Avg"] + classes + ["# annotations per case"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in selected:
+    for row in [*selected, *baselines]:
         cells = [row.setting, _percent(row.avg_dice)]
         cells += [_percent(row.dice_mean[c], row.dice_std.get(c)) for c in classes]
         cells.append(f"{row.annotations:,} {row.annotation_unit}")
@@ -134,6 +121,52 @@ def format_dice_table(rows: Sequence[TableRow], postprocessing: str,
         cells += [_percent(v) for v in values] + ["-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+#: the no-image baselines of every demo report (nnunet_shape.nnunet.baselines), by name
+BASELINE_TITLES: dict[str, str] = {
+    "atlas": "Atlas: majority of the training label maps (no image)",
+    "descriptor_ellipsoids": "Descriptor ellipsoids: mean training centroid and covariance (no image)",
+}
+
+
+def baseline_rows(summaries: Mapping[str, Mapping[str, Any]], case_shape: Sequence[int], n_classes: int,
+                  ndim: int = 3) -> list[TableRow]:
+    """Table rows of the no-image baselines from ``{baseline name: evaluate_folder summary}``.
+
+    Their annotation is what they are built from: the atlas every voxel of the training labels,
+    the descriptor ellipsoids the V+C+D values of the training cases (no postprocessing: ``none``).
+    """
+    rows = []
+    for name, summary in summaries.items():
+        classes = _class_order(summary)
+        if name == "atlas":
+            annotations, unit = voxel_annotation_count(case_shape), "voxels (training labels)"
+        else:
+            annotations = descriptor_value_count(("volume", "centroid", "spread"), n_classes, ndim)
+            unit = "descriptor values"
+        rows.append(TableRow(
+            setting=BASELINE_TITLES.get(name, name), trainer=name, postprocessing="none",
+            avg_dice=float(summary["foreground_mean"]["Dice"]),
+            dice_mean={c: float(summary["mean"][key]["Dice"]) for key, c in classes},
+            dice_std={c: float(summary.get("std", {}).get(key, {}).get("Dice", math.nan)) for key, c in classes},
+            annotations=annotations, annotation_unit=unit))
+    return rows
+
+
+def baseline_verdict(avg_dice: Mapping[str, float], baselines: Sequence[TableRow]) -> str:
+    """Whether each descriptor-only row beats each no-image baseline on mean Dice (issue 14's bar:
+    a descriptor model that does not beat the descriptor ellipsoids has learned nothing from the
+    image; the atlas is the stronger bar)."""
+    parts = []
+    for slug, title in (("vcd", "V+C+D"), ("vc", "V+C")):
+        if slug not in avg_dice:
+            continue
+        against = [f"{'beats' if avg_dice[slug] > b.avg_dice else 'does NOT beat'} the "
+                   f"{b.trainer.replace('_', ' ')} ({100 * avg_dice[slug]:.1f} vs {100 * b.avg_dice:.1f} %)"
+                   for b in baselines]
+        parts.append(f"{title} " + ", ".join(against))
+    return "; ".join(parts)
 
 
 def _mean_std(summary: Mapping[str, Any], key: Any, metric: str) -> tuple[float, float]:
@@ -380,7 +413,8 @@ def write_report(output: Path, options: DemoOptions, rows: Sequence[TableRow],
                  phantom_parameters: Mapping[str, Any], labels: Sequence[int],
                  mirror_axes: Mapping[str, tuple[int, ...] | None],
                  decisions: Mapping[str, Sequence[Mapping[str, Any]]],
-                 compartments: Mapping[str, Mapping[int, Sequence[tuple[int, int]]]]) -> Path:
+                 compartments: Mapping[str, Mapping[int, Sequence[tuple[int, int]]]],
+                 baselines: Sequence[TableRow] = (), baselines_text: str = "") -> Path:
     splits = [case["split"] for case in phantom_parameters["cases"].values()]
     grid = [int(s) for s in phantom_parameters["shape_zyx"]]
     spacing = [float(s) for s in phantom_parameters["spacing_zyx_mm"]]
@@ -404,10 +438,13 @@ def write_report(output: Path, options: DemoOptions, rows: Sequence[TableRow],
         f"`{options.fold}`), as paper 000 reports it: a step is kept only where it improves the validation "
         "Dice (see the next table).",
         "",
-        format_dice_table(rows, HEADLINE_POSTPROCESSING, chance),
+        format_dice_table(rows, HEADLINE_POSTPROCESSING, chance, baselines),
         f"**Expected result** (paper 000: full supervision > V+C+D > V+C, descriptor-only clearly above "
         f"chance): {verdict}.",
         "",
+        *([f"**Against the no-image baselines** (the atlas and the descriptor ellipsoids use no test image: a "
+           f"descriptor model that does not beat the ellipsoids has learned nothing from the image): "
+           f"{baselines_text}.", ""] if baselines_text else []),
         f"Scale of this run: {epochs * iterations:,} training iterations per model (batch size "
         f"{configuration['batch_size']}), against nnU-Net's default schedule of 1000 × 250 = 250,000. "
         "Voxel supervision gets a gradient for every voxel from the first iteration; descriptor "
@@ -438,7 +475,7 @@ def write_report(output: Path, options: DemoOptions, rows: Sequence[TableRow],
         "",
         "### Before postprocessing",
         "",
-        format_dice_table(rows, "raw"),
+        format_dice_table(rows, "raw", baselines=baselines),
     ]
     if any(compartments.values()):
         lines += [
@@ -540,4 +577,38 @@ def command_line(options: DemoOptions) -> list[str]:
         args.append("--tta")
     if options.mirror_si:
         args.append("--mirror-si")
+    args += ["--training-seed", str(options.training_seed)]
+    if options.seeds != 1:
+        args += ["--seeds", str(options.seeds)]
     return args
+
+
+def format_multi_seed_table(rows_by_seed: Mapping[int, Sequence[TableRow]], postprocessing: str) -> str:
+    """Table 1 over training seeds: per setting the mean ± std *across seeds* of each seed's mean
+    Dice over the test cases (%), and every seed's own average."""
+    import numpy as np
+
+    seeds = sorted(rows_by_seed)
+    if not seeds:
+        raise ValueError("format_multi_seed_table: no seed")
+    first = [r for r in rows_by_seed[seeds[0]] if r.postprocessing == postprocessing]
+    classes = list(first[0].dice_mean)
+    header = ["Setting", f"Avg (mean ± std over {len(seeds)} seeds)"] + classes + \
+        [f"Avg, seed {s}" for s in seeds]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for setting in [r.setting for r in first]:
+        per_seed = {s: next(r for r in rows_by_seed[s] if r.setting == setting and r.postprocessing == postprocessing)
+                    for s in seeds}
+
+        def across(values: list[float]) -> str:
+            array = np.asarray(values, dtype=float)
+            finite = array[np.isfinite(array)]
+            if finite.size == 0:
+                return "n/a"
+            return _percent(float(finite.mean()), float(finite.std(ddof=1)) if finite.size > 1 else None)
+
+        cells = [setting, across([per_seed[s].avg_dice for s in seeds])]
+        cells += [across([per_seed[s].dice_mean[c] for s in seeds]) for c in classes]
+        cells += [_percent(per_seed[s].avg_dice) for s in seeds]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

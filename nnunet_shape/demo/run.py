@@ -59,6 +59,8 @@ from nnunet_shape.demo.console import (
 )
 from nnunet_shape.demo.report import (
     TableRow,
+    baseline_rows,
+    baseline_verdict,
     case_overlay,
     chance_dice,
     compartments_found,
@@ -100,6 +102,10 @@ __all__ = [
     "decide_postprocessing",
     "compartment_counts",
     "run_demo",
+    "run_demo_seeds",
+    "MultiSeedResult",
+    "training_environment",
+    "make_phantoms_and_plan",
     "build_parser",
     "main",
     "DemoOptions",
@@ -242,6 +248,37 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def training_environment(work: Path, options: DemoOptions) -> dict[str, str]:
+    """nnU-Net's environment for ``nnUNetv2_train`` in a demo: ``nnUNet_n_proc_DA`` and the
+    training seed (``nnUNetShape_seed``: with in-process augmentation a rerun repeats its numbers)."""
+    from nnunet_shape.nnunet.training.whole_scan import SEED_ENV
+
+    env = nnunet_environment(work, options.n_proc_da)
+    env[SEED_ENV] = str(int(options.training_seed))
+    return env
+
+
+def make_phantoms_and_plan(options: DemoOptions, work: Path, logs: Path, stages: Stages) -> None:
+    """Stages 1 and 2 of every demo run: the knee phantoms in ``work/nnUNet_raw`` and
+    ``nnUNetv2_plan_and_preprocess`` (3d_fullres, dataset integrity verified)."""
+    from nnunet_shape.demo.phantoms import write_phantom_dataset
+
+    with stages.stage("phantoms", 1, "dataset") as bar:
+        bar.set_postfix_str(f"{options.n_train} train + {options.n_test} test, {options.shape}")
+        write_phantom_dataset(work / "nnUNet_raw", n_train=options.n_train, n_test=options.n_test,
+                              seed=options.seed, dataset_id=options.dataset_id, name=DATASET_NAME,
+                              shape=options.shape, spacing=phantom_spacing(options.shape),
+                              num_processes=max(1, options.num_processes))
+        bar.update(1)
+    with stages.stage("nnUNetv2_plan_and_preprocess", 2 * options.n_train, "case") as bar:
+        stream_command(
+            [console_script("nnUNetv2_plan_and_preprocess"), "-d", str(options.dataset_id),
+             "-c", CONFIGURATION, "-npfp", str(options.num_processes), "-np", str(options.num_processes),
+             "--verify_dataset_integrity"],
+            nnunet_environment(work), logs / "plan_and_preprocess.log", line_handler(bar, stages.echo, "plan"),
+            "nnUNetv2_plan_and_preprocess")
+
+
 def run_demo(options: DemoOptions) -> DemoResult:
     """Run every stage (see the module docstring) and write the report; returns its numbers."""
     output = Path(options.output).resolve()
@@ -251,11 +288,10 @@ def run_demo(options: DemoOptions) -> DemoResult:
     raw_dataset = work / "nnUNet_raw" / dataset_folder_name(options.dataset_id)
     results_dataset = work / "nnUNet_results" / dataset_folder_name(options.dataset_id)
     env_plan = nnunet_environment(work)
-    env_train = nnunet_environment(work, options.n_proc_da)
+    env_train = training_environment(work, options)
     trainers = {s.slug: s.trainer + options.trainer_suffix for s in SETTINGS}
     schedules = {slug: _trainer_schedule(trainer) for slug, trainer in trainers.items()}
-    spacing = phantom_spacing(options.shape)
-    n_stages = 2 + 2 * len(SETTINGS) + 3
+    n_stages = 2 + 2 * len(SETTINGS) + 4
     stages = Stages(n_stages, fancy=options.progress and sys.stdout.isatty())
     echo = stages.echo
 
@@ -272,22 +308,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
         stages.skipped("phantoms", f"reused {raw_dataset}")
         stages.skipped("nnUNetv2_plan_and_preprocess", "reused")
     else:
-        from nnunet_shape.demo.phantoms import write_phantom_dataset
-
-        with stages.stage("phantoms", 1, "dataset") as bar:
-            bar.set_postfix_str(f"{options.n_train} train + {options.n_test} test, {options.shape}")
-            write_phantom_dataset(work / "nnUNet_raw", n_train=options.n_train, n_test=options.n_test,
-                                  seed=options.seed, dataset_id=options.dataset_id, name=DATASET_NAME,
-                                  shape=options.shape, spacing=spacing,
-                                  num_processes=max(1, options.num_processes))
-            bar.update(1)
-        with stages.stage("nnUNetv2_plan_and_preprocess", 2 * options.n_train, "case") as bar:
-            stream_command(
-                [console_script("nnUNetv2_plan_and_preprocess"), "-d", str(options.dataset_id),
-                 "-c", CONFIGURATION, "-npfp", str(options.num_processes), "-np", str(options.num_processes),
-                 "--verify_dataset_integrity"],
-                env_plan, logs / "plan_and_preprocess.log", line_handler(bar, echo, "plan"),
-                "nnUNetv2_plan_and_preprocess")
+        make_phantoms_and_plan(options, work, logs, stages)
 
     # 3: training, mirrored only along anatomically possible axes (unless --mirror-si)
     if not options.mirror_si:
@@ -352,7 +373,19 @@ def run_demo(options: DemoOptions) -> DemoResult:
                                labels, file_ending, on_case=lambda _: bar.update(1))
 
     # 6: evaluation
+    from nnunet_shape.nnunet.baselines import write_baseline_predictions
     from nnunet_shape.nnunet.evaluate import evaluate_folder
+
+    baseline_summaries: dict[str, dict] = {}
+    with stages.stage("no-image baselines (atlas, descriptor ellipsoids)", 2, "baseline") as bar:
+        written = write_baseline_predictions(
+            dataset_json, sorted((raw_dataset / "labelsTr").glob(f"*{file_ending}")),
+            sorted((raw_dataset / "imagesTs").glob(f"*_0000{file_ending}")), predictions / "baselines")
+        for name, folder in written.items():
+            baseline_summaries[name] = evaluate_folder(raw_dataset / "labelsTs", folder, dataset_json,
+                                                       output_dir=output / "evaluation" / "baselines" / name,
+                                                       num_processes=1)
+            bar.update(1)
 
     summaries: dict[tuple[str, str], dict] = {}
     with stages.stage("evaluation", len(SETTINGS) * len(POSTPROCESSING_VARIANTS), "folder") as bar:
@@ -373,7 +406,8 @@ def run_demo(options: DemoOptions) -> DemoResult:
             bar.update(1)
     case_shape = _case_shape(raw_dataset / "labelsTs" / (test_cases[0] + file_ending))
     rows = table_rows(summaries, SETTINGS, options.trainer_suffix, case_shape, len(labels))
-    table_csv = write_table_csv(rows, output / "table.csv")
+    baselines = baseline_rows(baseline_summaries, case_shape, len(labels))
+    table_csv = write_table_csv([*rows, *baselines], output / "table.csv")
     write_descriptor_errors_csv(summaries, SETTINGS, output / "descriptor_errors.csv")
     chance = chance_dice(summaries[(SETTINGS[0].slug, "raw")])
     chance_avg = sum(chance.values()) / len(chance)
@@ -382,20 +416,74 @@ def run_demo(options: DemoOptions) -> DemoResult:
                                                file_ending, labels) for s in SETTINGS}
     avg = {slug: float(summaries[(slug, final)]["foreground_mean"]["Dice"]) for slug in trainers}
     ordering, above, verdict = ordering_verdict(avg, chance_avg)
+    against_baselines = baseline_verdict(avg, baselines)
     total = time.monotonic() - stages.start
     plans = _read_json(trained_folder(SETTINGS[0].slug).parent / "plans.json")
     phantom_parameters = _read_json(raw_dataset / "phantom_parameters.json")
     mirror_axes = {s.slug: trained_mirror_axes(trained_folder(s.slug)) for s in SETTINGS}
     report = write_report(output, options, rows, summaries, chance, verdict, stages.records, total, schedules,
                           trainers, plans, curves, overlays, case_shape, phantom_parameters, labels, mirror_axes,
-                          decisions, compartments)
+                          decisions, compartments, baselines, against_baselines)
     echo("")
-    echo(format_dice_table(rows, final, chance))
+    echo(format_dice_table(rows, final, chance, baselines))
     echo(verdict)
+    echo(f"against the no-image baselines: {against_baselines}")
     echo(f"demo finished in {total / 60:.1f} min (budget {TIME_BUDGET_SECONDS / 60:.0f} min); report: {report}")
     return DemoResult(output=output, rows=rows, avg_dice=avg, chance_avg=chance_avg, ordering_holds=ordering,
                       above_chance=above, verdict=verdict, stages=stages.records, total_seconds=total,
                       report=report, table_csv=table_csv, overlays=overlays)
+
+
+@dataclass
+class MultiSeedResult:
+    """``--seeds N``: one :class:`DemoResult` per training seed and the summary report."""
+
+    output: Path
+    results: dict[int, DemoResult]
+    ordering_holds: dict[int, bool]
+    report: Path
+    table_csv: Path
+
+
+def run_demo_seeds(options: DemoOptions) -> MultiSeedResult:
+    """Table 1 with ``options.seeds`` training seeds (``training_seed`` … ``training_seed + N - 1``):
+    every seed a full demo run in ``OUTPUT/seed_<s>`` (same phantoms, same schedule), then
+    ``OUTPUT/report.md`` with mean ± std across seeds and whether paper 000's ordering holds in
+    each seed, and ``OUTPUT/table_seeds.csv``."""
+    import csv
+    from dataclasses import replace
+
+    from nnunet_shape.demo.report import format_multi_seed_table
+
+    output = Path(options.output).resolve()
+    _prepare_output(output, options.skip_training)
+    seeds = [options.training_seed + k for k in range(options.seeds)]
+    results: dict[int, DemoResult] = {}
+    for seed in seeds:
+        print(f"=== training seed {seed} ({seeds.index(seed) + 1}/{len(seeds)}) ===", flush=True)
+        results[seed] = run_demo(replace(options, output=output / f"seed_{seed}", training_seed=seed, seeds=1))
+    rows_by_seed = {seed: result.rows for seed, result in results.items()}
+    ordering = {seed: result.ordering_holds for seed, result in results.items()}
+    table = format_multi_seed_table(rows_by_seed, HEADLINE_POSTPROCESSING)
+    held = sum(ordering.values())
+    lines = [f"# Table 1 over {len(seeds)} training seeds", "",
+             f"Training seeds {', '.join(map(str, seeds))} (`nnUNetShape_seed`), phantom seed {options.seed}, "
+             f"`{options.trainer_suffix}` schedule; test-set Dice % after the postprocessing chosen on each model's "
+             f"validation cases. Per seed: [report](seed_<s>/report.md).", "", table,
+             f"Ordering full supervision > V+C+D > V+C holds in {held}/{len(seeds)} seeds: "
+             + ", ".join(f"seed {s} {'yes' if ordering[s] else 'no'}" for s in seeds) + ".", "",
+             "Total wall time: " + f"{sum(r.total_seconds for r in results.values()) / 60:.1f} min.", ""]
+    report = output / "report.md"
+    report.write_text("\n".join(lines))
+    table_csv = output / "table_seeds.csv"
+    with open(table_csv, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["training_seed", "setting", "postprocessing", "avg_dice", "ordering_holds"])
+        for seed in seeds:
+            for row in results[seed].rows:
+                writer.writerow([seed, row.setting, row.postprocessing, row.avg_dice, ordering[seed]])
+    print(table + f"ordering holds in {held}/{len(seeds)} seeds; report: {report}", flush=True)
+    return MultiSeedResult(output, results, ordering, report, table_csv)
 
 
 def _case_shape(path: Path) -> tuple[int, ...]:
@@ -412,8 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m nnunet_shape.demo",
         description="Paper 000's Table 1 in miniature on knee phantoms: full supervision vs V+C vs "
                     "V+C+D, trained, predicted and evaluated with nnU-Net's console scripts on a CPU.")
-    parser.add_argument("--output", "-o", type=Path, default=Path("demo_output"),
-                        help="output folder (default demo_output); its work/ subfolder holds nnU-Net's data")
+    parser.add_argument("--output", "-o", type=Path, default=None,
+                        help="output folder (default demo_output, demo_weak_output for --suite weak, "
+                             "demo_priors_output for --suite priors); its work/ subfolder holds nnU-Net's data")
+    parser.add_argument("--suite", choices=("table1", "weak", "priors"), default="table1",
+                        help="table1 (default): paper 000's Table 1; weak: full supervision, sparse slices, Weak-Net "
+                             "and descriptors against annotation effort (make demo-weak); priors: population priors "
+                             "and bounds from clicks (make demo-priors); each next to the no-image baselines")
     parser.add_argument("--n-train", type=int, default=20, help="training phantoms (default 20)")
     parser.add_argument("--n-test", type=int, default=5, help="test phantoms (default 5)")
     parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=list(DEFAULT_SHAPE),
@@ -438,12 +531,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="nnUNet_n_proc_DA for training (default 0: augmentation in the training process)")
     parser.add_argument("--num-processes", type=int, default=2,
                         help="worker processes for phantoms and planning (default 2)")
+    parser.add_argument("--training-seed", type=int, default=0,
+                        help="nnUNetShape_seed of every training (default 0; with --seeds N the first of N)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train every row with N consecutive training seeds and report mean ± std across "
+                             "seeds and the ordering per seed (table1 suite only; default 1)")
     parser.add_argument("--no-progress", action="store_true",
                         help="plain progress lines instead of tqdm bars (the default when stdout is not a terminal)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from nnunet_shape.demo.suites import default_output, run_suite
+
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.n_train < 1 or args.n_test < 1:
         print("need --n-train >= 1 and --n-test >= 1", file=sys.stderr)
@@ -453,12 +553,21 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     options = DemoOptions(
-        output=args.output, n_train=args.n_train, n_test=args.n_test, shape=tuple(args.shape), seed=args.seed,
+        output=args.output or (Path("demo_output") if args.suite == "table1" else default_output(args.suite)),
+        n_train=args.n_train, n_test=args.n_test, shape=tuple(args.shape), seed=args.seed,
         trainer_suffix=args.trainer_suffix, device=args.device, skip_training=args.skip_training, fold=args.fold,
         dataset_id=args.dataset_id, tta=args.tta, n_proc_da=args.n_proc_da,
-        num_processes=max(1, args.num_processes), progress=not args.no_progress, mirror_si=args.mirror_si)
+        num_processes=max(1, args.num_processes), progress=not args.no_progress, mirror_si=args.mirror_si,
+        training_seed=args.training_seed, seeds=args.seeds)
+    if args.seeds < 1 or (args.seeds > 1 and args.suite != "table1"):
+        print(f"--seeds must be >= 1 and is for --suite table1 only; got --seeds {args.seeds} with --suite "
+              f"{args.suite}", file=sys.stderr)
+        return 2
     try:
-        run_demo(options)
+        if args.suite == "table1":
+            run_demo_seeds(options) if options.seeds > 1 else run_demo(options)
+        else:
+            run_suite(options, args.suite)
     except StageFailed as error:
         print(f"\n{error}", file=sys.stderr)
         return 1

@@ -125,6 +125,9 @@ class DemoOptions:
     num_processes: int = 2
     progress: bool = True
     mirror_si: bool = False
+    #: nnUNetShape_seed of every training (the first of ``seeds`` consecutive ones with --seeds)
+    training_seed: int = 0
+    seeds: int = 1
 
 
 
@@ -133,11 +136,19 @@ def dataset_folder_name(dataset_id: int) -> str:
 
 
 def _trainer_class(trainer: str) -> type:
-    """A nnunet-shape trainer class by name (with its length suffix)."""
-    import nnunet_shape.nnunet.training.shape_trainers as shape_trainers
+    """A nnunet-shape trainer class by name (with its length suffix), looked up where
+    ``nnUNet_extTrainer`` finds it: the re-export modules of :mod:`nnunet_shape.nnunet.trainers`."""
+    import importlib
+    import pkgutil
+
+    import nnunet_shape.nnunet.trainers as trainers_package
     from nnunet_shape.nnunet.training.variants import LENGTH_SCHEDULES
 
-    cls = getattr(shape_trainers, trainer, None)
+    cls = None
+    for module in pkgutil.iter_modules(trainers_package.__path__):
+        cls = getattr(importlib.import_module(f"{trainers_package.__name__}.{module.name}"), trainer, None)
+        if cls is not None:
+            break
     if cls is None:
         raise StageFailed(f"no nnunet-shape trainer {trainer} (a trainer name with one of the length suffixes "
                           f"{sorted(LENGTH_SCHEDULES)})")

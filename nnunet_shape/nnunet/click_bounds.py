@@ -25,6 +25,14 @@ from typing import Any
 import numpy as np
 
 from nnunet_shape.errors import UserError, run_console
+from nnunet_shape.nnunet.raw_dataset import (
+    add_dataset_argument,
+    add_output_folder_argument,
+    image_reader_class,
+    open_raw_dataset,
+    read_3d_case,
+)
+from nnunet_shape.nnunet.weak_annotations import add_points_argument, points_and_images
 
 __all__ = ["CLICK_BOUNDS_TOOL", "case_click_bounds", "click_bounds_dataset", "main"]
 
@@ -94,29 +102,10 @@ def click_bounds_dataset(dataset: str | int, output_folder: str | os.PathLike | 
     with ``overwrite``.
     """
     from nnunet_shape.descriptor_files.atomic import write_json_atomic
-    from nnunet_shape.descriptor_files.measure import geometry_from_properties
     from nnunet_shape.descriptor_files.read import load_case_descriptors
-    from nnunet_shape.nnunet.weak_annotations import (
-        POINTS_FOLDER,
-        image_reader_class,
-        open_raw_dataset,
-        refuse_2d_image,
-    )
-    from nnunet_shape.point_files.format import load_points_folder
 
     data = open_raw_dataset(dataset)
-    points_folder = Path(points_folder) if points_folder is not None else data.folder / POINTS_FOLDER
-    if not points_folder.is_dir():
-        raise UserError(f"{points_folder} does not exist; write point files there (docs/weak-points.md) or run "
-                        f"nnunet-shape simulate-points -d {dataset} -n N")
-    cases = load_points_folder(points_folder, data.dataset_json)
-    if not cases:
-        raise UserError(f"{points_folder}: no point files (<case>.json or <case>/<class>.mrk.json)")
-    images = {p.name[: -len(f"_0000{data.ending}")]: p
-              for p in sorted((data.folder / "imagesTr").glob(f"*_0000{data.ending}"))}
-    unknown = sorted(set(cases) - set(images))
-    if unknown:
-        raise UserError(f"{points_folder}: points for cases without an image in {data.folder / 'imagesTr'}: {unknown}")
+    _, cases, images = points_and_images(data, points_folder, dataset)
     output = Path(output_folder) if output_folder is not None else data.folder / DESCRIPTORS_FOLDER
     output.mkdir(parents=True, exist_ok=True)
     if not overwrite:
@@ -128,10 +117,7 @@ def click_bounds_dataset(dataset: str | int, output_folder: str | os.PathLike | 
     reader = image_reader_class(data.dataset_json, next(iter(images.values())))
     written: dict[str, Any] = {}
     for case_id in sorted(cases):
-        image = images[case_id]
-        image_array, properties = reader().read_images([str(image)])
-        native_2d, geometry = geometry_from_properties(properties, image_array.shape)
-        refuse_2d_image(native_2d, image)
+        _, _, geometry = read_3d_case(reader, images[case_id])
         obj = case_click_bounds(cases[case_id], geometry)
         path = output / f"{case_id}.json"
         write_json_atomic(path, obj)
@@ -145,10 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="nnunet-shape click-bounds",
         description="Per-case descriptor bounds (volume, centroid, spread) from surface points "
                     "(pointsTr), written as kind 'prior' descriptor files for nnUNetTrainerShapeDescriptorsFromFile.")
-    parser.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_Name in nnUNet_raw")
-    parser.add_argument("-o", "--output", default=None,
-                        help=f"output folder (default <raw dataset>/{DESCRIPTORS_FOLDER})")
-    parser.add_argument("-p", "--points", default=None, help="point folder (default <raw dataset>/pointsTr)")
+    add_dataset_argument(parser)
+    add_output_folder_argument(parser, DESCRIPTORS_FOLDER)
+    add_points_argument(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="also replace descriptor files this command did not write (exported, hand-written)")
     args = parser.parse_args(argv)

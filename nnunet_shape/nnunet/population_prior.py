@@ -29,11 +29,10 @@ __all__ = ["measure_dataset", "population_prior_from_dataset", "build_parser", "
 
 def measure_dataset(raw_folder: str | os.PathLike) -> tuple[dict[str, Any], list[CaseMeasurement]]:
     """``(dataset_json, measurements)`` of every training label map of a raw dataset folder."""
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-
     from nnunet_shape.descriptor_files.export import training_label_files
     from nnunet_shape.descriptor_files.measure import class_descriptors, read_label_map
     from nnunet_shape.descriptor_files.model import class_specs_from_dataset_json
+    from nnunet_shape.nnunet.raw_dataset import image_reader_class
 
     raw_folder = Path(raw_folder)
     dataset_json_path = raw_folder / "dataset.json"
@@ -46,8 +45,7 @@ def measure_dataset(raw_folder: str | os.PathLike) -> tuple[dict[str, Any], list
         raise FileNotFoundError(f"population-prior: no label files ending in {dataset_json.get('file_ending')!r} "
                                 f"in {raw_folder / 'labelsTr'}")
     specs = class_specs_from_dataset_json(dataset_json)
-    reader_class = determine_reader_writer_from_dataset_json(dataset_json, str(next(iter(files.values()))),
-                                                             verbose=False)
+    reader_class = image_reader_class(dataset_json, next(iter(files.values())))
     cases = []
     for case_id, path in files.items():
         labels, geometry = read_label_map(path, reader_class)

@@ -71,23 +71,32 @@ def _load_plans_and_dataset(folder: str, plans_file_or_dict: str | dict | None,
     """nnU-Net's defaults: plans.json and dataset.json from ``folder`` when not given."""
     from batchgenerators.utilities.file_and_folder_operations import isfile, join
 
+    def in_folder(name: str, what: str, option: str) -> str:
+        expected = join(folder, name)
+        if not isfile(expected):
+            raise UserError(f"expected {what} missing: {expected} (pass {option})")
+        return expected
+
     if plans_file_or_dict is None:
-        expected = join(folder, "plans.json")
-        if not isfile(expected):
-            raise UserError(f"expected plans file missing: {expected} "
-                            f"(pass -plans_json)")
-        plans_file_or_dict = expected
+        plans_file_or_dict = in_folder("plans.json", "plans file", "-plans_json")
     if dataset_json_file_or_dict is None:
-        expected = join(folder, "dataset.json")
-        if not isfile(expected):
-            raise UserError(f"expected dataset.json missing: {expected} "
-                            f"(pass -dataset_json)")
-        dataset_json_file_or_dict = expected
+        dataset_json_file_or_dict = in_folder("dataset.json", "dataset.json", "-dataset_json")
     plans = (plans_file_or_dict if isinstance(plans_file_or_dict, dict)
              else load_json_file(plans_file_or_dict, "plans file"))
     dataset_json = (dataset_json_file_or_dict if isinstance(dataset_json_file_or_dict, dict)
                     else load_dataset_json(dataset_json_file_or_dict))
     return plans, dataset_json
+
+
+def _open_predictions(folder: str, plans_file_or_dict: str | dict | None,
+                      dataset_json_file_or_dict: str | dict | None) -> tuple[Any, dict, Any]:
+    """``(plans_manager, dataset_json, reader_writer)`` of a prediction folder: nnU-Net's
+    ``PlansManager`` of the plans (:func:`_load_plans_and_dataset`) and an instance of its reader/writer."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans, dataset_json = _load_plans_and_dataset(folder, plans_file_or_dict, dataset_json_file_or_dict)
+    plans_manager = PlansManager(plans)
+    return plans_manager, dataset_json, plans_manager.image_reader_writer_class()
 
 
 def load_postprocessing_pkl(path: str | os.PathLike) -> tuple[list[Callable], list[dict]]:
@@ -423,13 +432,11 @@ def determine_postprocessing_on_device(folder_predictions: str, folder_ref: str,
         remove_all_but_largest_component_from_segmentation as nnunet_lcc,
     )
     from nnunetv2.utilities.json_export import recursive_fix_for_json_export
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     device = torch.device(device)
     host = _uses_host_arrays(device, backend)
-    plans, dataset_json = _load_plans_and_dataset(folder_predictions, plans_file_or_dict, dataset_json_file_or_dict)
-    plans_manager = PlansManager(plans)
-    reader_writer = plans_manager.image_reader_writer_class()
+    plans_manager, dataset_json, reader_writer = _open_predictions(folder_predictions, plans_file_or_dict,
+                                                                   dataset_json_file_or_dict)
     label_manager = plans_manager.get_label_manager(dataset_json)
     labels_or_regions = (label_manager.foreground_regions if label_manager.has_regions
                          else label_manager.foreground_labels)
@@ -733,16 +740,14 @@ def determine_postprocessing_from_descriptors(folder_predictions: str, descripto
         subfiles,
     )
     from nnunetv2.utilities.json_export import recursive_fix_for_json_export
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_shape.descriptor_files.read import load_descriptor_folder
     from nnunet_shape.descriptor_files.targets import case_targets_array_frame
 
     device = torch.device(device)
     host = _uses_host_arrays(device, backend)
-    plans, dataset_json = _load_plans_and_dataset(folder_predictions, plans_file_or_dict, dataset_json_file_or_dict)
-    plans_manager = PlansManager(plans)
-    reader_writer = plans_manager.image_reader_writer_class()
+    plans_manager, dataset_json, reader_writer = _open_predictions(folder_predictions, plans_file_or_dict,
+                                                                   dataset_json_file_or_dict)
     label_manager = plans_manager.get_label_manager(dataset_json)
     if label_manager.has_regions:
         raise UserError(f"dataset {plans_manager.dataset_name}: region-based datasets have no label-free "
@@ -938,10 +943,8 @@ def apply_postprocessing_to_folder_on_device(input_folder: str, output_folder: s
     with the plans' reader/writer: :func:`apply_postprocessing_to_files`.
     """
     from batchgenerators.utilities.file_and_folder_operations import subfiles
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    plans, dataset_json = _load_plans_and_dataset(input_folder, plans_file_or_dict, dataset_json_file_or_dict)
-    reader_writer = PlansManager(plans).image_reader_writer_class()
+    _, dataset_json, reader_writer = _open_predictions(input_folder, plans_file_or_dict, dataset_json_file_or_dict)
     names = subfiles(input_folder, suffix=dataset_json["file_ending"], join=False)
     if not names:
         raise UserError(f"no '*{dataset_json['file_ending']}' files in {input_folder} (the file_ending of "
@@ -965,6 +968,13 @@ def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-np", type=int, default=2, help="reader/writer threads (default 2)")
 
 
+def _add_plans_and_dataset_json_arguments(parser: argparse.ArgumentParser) -> None:
+    """nnU-Net's ``-plans_json`` and ``-dataset_json`` (default: the input folder's files,
+    :func:`_load_plans_and_dataset`)."""
+    parser.add_argument("-plans_json", default=None, help="default: input_folder/plans.json")
+    parser.add_argument("-dataset_json", default=None, help="default: input_folder/dataset.json")
+
+
 def determine_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="nnunet-shape determine-postprocessing",
@@ -976,8 +986,7 @@ def determine_main(argv: Sequence[str]) -> int:
     parser.add_argument("-ref", default=None,
                         help="folder with reference segmentations (needed unless the run is label-free; never "
                              "opened for a label-free run)")
-    parser.add_argument("-plans_json", default=None, help="default: input_folder/plans.json")
-    parser.add_argument("-dataset_json", default=None, help="default: input_folder/dataset.json")
+    _add_plans_and_dataset_json_arguments(parser)
     parser.add_argument("--remove_postprocessed", action="store_true",
                         help="do not write the postprocessed cases to input_folder/postprocessed")
     parser.add_argument("--descriptors", default=None,
@@ -1017,8 +1026,7 @@ def apply_main(argv: Sequence[str]) -> int:
     parser.add_argument("-i", required=True, help="input folder")
     parser.add_argument("-o", required=True, help="output folder")
     parser.add_argument("-pp_pkl_file", required=True, help="postprocessing.pkl")
-    parser.add_argument("-plans_json", default=None, help="default: input_folder/plans.json")
-    parser.add_argument("-dataset_json", default=None, help="default: input_folder/dataset.json")
+    _add_plans_and_dataset_json_arguments(parser)
     _add_device_arguments(parser)
     args = parser.parse_args(list(argv))
     pp_fns, pp_fn_kwargs = load_postprocessing_pkl(args.pp_pkl_file)

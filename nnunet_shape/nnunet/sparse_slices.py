@@ -25,7 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from nnunet_shape.errors import UserError, load_json_file, run_console
+from nnunet_shape.errors import UserError, run_console
+from nnunet_shape.nnunet.raw_dataset import (
+    add_dataset_argument,
+    add_seed_argument,
+    image_reader_class,
+    open_raw_dataset,
+    read_3d_case,
+)
 
 __all__ = [
     "EFFORT_FILE",
@@ -162,25 +169,22 @@ def simulate_slices_dataset(dataset: str | int, k: int, seed: int = 0, target_id
     (also in ``<derived dataset>/sparse_slices.json``) with ``"dataset_id"`` and ``"folder"``."""
     import re
 
-    from nnunet_shape.descriptor_files.export import find_raw_dataset, list_label_files
-    from nnunet_shape.nnunet.label_free import PLACEHOLDER_FLAG
-    from nnunet_shape.nnunet.weak_annotations import image_reader_class
+    from nnunet_shape.descriptor_files.export import list_label_files
 
     if k < 1:
         raise UserError(f"simulate-slices: --slices must be at least 1, got {k}")
-    folder = find_raw_dataset(dataset)
+    data = open_raw_dataset(dataset)
+    folder, dataset_json, ending = data.folder, data.dataset_json, data.ending
     match = re.fullmatch(r"Dataset(\d{3})_(.+)", folder.name)
     if match is None:
         raise UserError(f"{folder}: not an nnU-Net dataset folder name (DatasetXXX_Name)")
-    dataset_json = load_json_file(folder / "dataset.json", "dataset.json")
-    if dataset_json.get(PLACEHOLDER_FLAG, False):
+    if data.placeholder_labels:
         raise UserError(f"{folder / 'dataset.json'}: labelsTr are placeholders (nnunet-shape placeholder-labels); "
                         f"there are no labels to keep on slices")
     if "dataset" in dataset_json:
         raise UserError(f"{folder / 'dataset.json'}: the explicit 'dataset' file list is not supported by "
                         f"simulate-slices; use the imagesTr/labelsTr layout")
     foreground, ignore = _real_labels(dataset_json, folder / "dataset.json")
-    ending = dataset_json["file_ending"]
     files = list_label_files(folder / "labelsTr", ending)
     if not files:
         raise UserError(f"{folder / 'labelsTr'}: no label file ending in {ending!r}")
@@ -198,7 +202,6 @@ def simulate_slices_dataset(dataset: str | int, k: int, seed: int = 0, target_id
 def _write_derived(folder: Path, target: Path, new_id: int, dataset_json: dict, files: Mapping[str, Path],
                    reader: type, foreground: list[int], ignore: int, k: int, seed: int) -> dict[str, Any]:
     from nnunet_shape.descriptor_files.atomic import write_json_atomic
-    from nnunet_shape.descriptor_files.measure import geometry_from_properties
     from nnunet_shape.nnunet.weak_annotations import class_seed
 
     for sub in ("imagesTr", "imagesTs", "labelsTs"):
@@ -209,10 +212,8 @@ def _write_derived(folder: Path, target: Path, new_id: int, dataset_json: dict, 
                     _link_or_copy(path, target / sub / path.name)
     cases: dict[str, Any] = {}
     for case_id, path in files.items():
-        seg, properties = reader().read_seg(str(path))
-        native_2d, geometry = geometry_from_properties(properties, seg.shape)
-        if native_2d or seg.ndim != 4:
-            raise UserError(f"{path}: a 2-D label map; simulate-slices picks slices of three planes (3-D only)")
+        seg, properties, geometry = read_3d_case(reader, path, label_map=True,
+                                                 reason="simulate-slices picks slices of three planes (3-D only)")
         labels = np.rint(seg[0]).astype(np.int32)
         # per-case seed from --seed and the case id only (as simulate-points): adding cases changes nothing
         slices = choose_slices(np.isin(labels, foreground), k, class_seed(seed, case_id, 0))
@@ -241,9 +242,9 @@ def simulate_slices_main(argv: Sequence[str] | None = None) -> int:
         description="The sparse-slice baseline (paper 003): a derived raw dataset in which K slices per case and "
                     "plane (slices with foreground, seeded) keep their labels and every other voxel is nnU-Net's "
                     f"ignore label; the summed contour length of the annotated slices goes to {EFFORT_FILE}.")
-    parser.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_Name in nnUNet_raw")
+    add_dataset_argument(parser)
     parser.add_argument("--slices", type=int, required=True, help="annotated slices per case and plane (K)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_seed_argument(parser)
     parser.add_argument("--target-id", type=int, default=None,
                         help="dataset id of the derived dataset (default: the first free id above the source's)")
     args = parser.parse_args(argv)

@@ -29,18 +29,26 @@ from typing import Any
 
 import numpy as np
 
-from nnunet_shape.errors import UserError, load_json_file, run_console
+from nnunet_shape.errors import UserError, run_console
+from nnunet_shape.nnunet.raw_dataset import (
+    RawDataset,
+    add_dataset_argument,
+    add_output_folder_argument,
+    add_seed_argument,
+    image_reader_class,
+    open_raw_dataset,
+    read_3d_case,
+    refuse_2d_image,
+)
 
 __all__ = [
     "POINTS_FOLDER",
     "TEMPLATES_FOLDER",
     "QUALITY_FILE",
     "SIMULATION_METHOD",
-    "RawDataset",
-    "open_raw_dataset",
-    "image_reader_class",
-    "refuse_2d_image",
     "class_seed",
+    "points_and_images",
+    "add_points_argument",
     "simulate_case_points",
     "simulate_points_dataset",
     "fit_case_template",
@@ -58,26 +66,8 @@ OUTSIDE_MARGIN_VOXELS = 1.0
 
 
 # ---------------------------------------------------------------------------------------
-# the dataset
+# the dataset (opened and read with nnunet_shape.nnunet.raw_dataset)
 # ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class RawDataset:
-    folder: Path
-    dataset_json: dict
-    ending: str
-    placeholder_labels: bool
-
-
-def open_raw_dataset(dataset: str | int) -> RawDataset:
-    from nnunet_shape.descriptor_files.export import find_raw_dataset
-    from nnunet_shape.nnunet.label_free import PLACEHOLDER_FLAG
-
-    folder = find_raw_dataset(dataset)
-    dataset_json = load_json_file(folder / "dataset.json", "dataset.json")
-    placeholders = bool(dataset_json.get(PLACEHOLDER_FLAG, False))
-    return RawDataset(folder, dataset_json, dataset_json["file_ending"], placeholders)
 
 
 def _point_classes(dataset_json: Mapping[str, Any]) -> list:
@@ -91,17 +81,29 @@ def _point_classes(dataset_json: Mapping[str, Any]) -> list:
     return specs
 
 
-def image_reader_class(dataset_json: Mapping[str, Any], example: Path) -> type:
-    """nnU-Net's reader/writer class for the dataset's files (as nnU-Net chooses it)."""
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+def points_and_images(data: RawDataset, points_folder: str | os.PathLike | None, dataset: str | int
+                      ) -> tuple[Path, dict[str, Any], dict[str, Path]]:
+    """``(points folder, {case: CasePoints}, {case: imagesTr/<case>_0000 file})`` of a dataset.
 
-    return determine_reader_writer_from_dataset_json(dict(dataset_json), str(example), verbose=False)
+    ``points_folder`` defaults to ``<raw dataset>/pointsTr``. UserErrors: the folder is missing
+    (``dataset`` as the user gave it names the simulate-points command to run), it holds no
+    point file, or it holds points of a case without an image.
+    """
+    from nnunet_shape.point_files.format import load_points_folder
 
-
-def refuse_2d_image(native_2d: bool, path: Path) -> None:
-    """Surface points and sphere templates are 3-D only: a clear error for a 2-D image."""
-    if native_2d:
-        raise UserError(f"{path}: a 2-D image; surface points and sphere templates (paper 003) are 3-D only")
+    points_folder = Path(points_folder) if points_folder is not None else data.folder / POINTS_FOLDER
+    if not points_folder.is_dir():
+        raise UserError(f"{points_folder} does not exist; write point files there (docs/weak-points.md) or run "
+                        f"nnunet-shape simulate-points -d {dataset} -n N")
+    cases = load_points_folder(points_folder, data.dataset_json)
+    if not cases:
+        raise UserError(f"{points_folder}: no point files (<case>.json or <case>/<class>.mrk.json)")
+    images = {p.name[: -len(f"_0000{data.ending}")]: p
+              for p in sorted((data.folder / "imagesTr").glob(f"*_0000{data.ending}"))}
+    unknown = sorted(set(cases) - set(images))
+    if unknown:
+        raise UserError(f"{points_folder}: points for cases without an image in {data.folder / 'imagesTr'}: {unknown}")
+    return points_folder, cases, images
 
 
 def class_seed(seed: int, case_id: str, label: int) -> int:
@@ -303,32 +305,18 @@ def fit_templates_dataset(dataset: str | int, points_folder: str | os.PathLike |
     placeholder labels.
     """
     from nnunet_shape.descriptor_files.atomic import write_json_atomic
-    from nnunet_shape.descriptor_files.measure import geometry_from_properties, read_label_map
-    from nnunet_shape.point_files.format import load_points_folder
+    from nnunet_shape.descriptor_files.measure import read_label_map
 
     data = open_raw_dataset(dataset)
     specs = _point_classes(data.dataset_json)
-    points_folder = Path(points_folder) if points_folder is not None else data.folder / POINTS_FOLDER
-    if not points_folder.is_dir():
-        raise UserError(f"{points_folder} does not exist; write point files there (docs/weak-points.md) or run "
-                        f"nnunet-shape simulate-points -d {dataset} -n N")
-    cases = load_points_folder(points_folder, data.dataset_json)
-    images = {p.name[: -len(f"_0000{data.ending}")]: p
-              for p in sorted((data.folder / "imagesTr").glob(f"*_0000{data.ending}"))}
-    unknown = sorted(set(cases) - set(images))
-    if unknown:
-        raise UserError(f"{points_folder}: points for cases without an image in {data.folder / 'imagesTr'}: {unknown}")
-    if not cases:
-        raise UserError(f"{points_folder}: no point files (<case>.json or <case>/<class>.mrk.json)")
+    points_folder, cases, images = points_and_images(data, points_folder, dataset)
     output = Path(output_folder) if output_folder is not None else data.folder / TEMPLATES_FOLDER
     output.mkdir(parents=True, exist_ok=True)
     reader = image_reader_class(data.dataset_json, next(iter(images.values())))
     per_case: dict[str, Any] = {}
     for case_id in sorted(cases):
         image = images[case_id]
-        image_array, properties = reader().read_images([str(image)])
-        native_2d, geometry = geometry_from_properties(properties, image_array.shape)
-        refuse_2d_image(native_2d, image)
+        _, properties, geometry = read_3d_case(reader, image)
         reference_path = data.folder / "labelsTr" / f"{case_id}{data.ending}"
         reference = None
         if reference_path.is_file() and not data.placeholder_labels:
@@ -381,15 +369,20 @@ def format_quality_table(summary: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------
 
 
+def add_points_argument(parser: argparse.ArgumentParser) -> None:
+    """``-p/--points`` (default None): the point folder of :func:`points_and_images`."""
+    parser.add_argument("-p", "--points", default=None, help=f"point folder (default <raw dataset>/{POINTS_FOLDER})")
+
+
 def simulate_points_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="nnunet-shape simulate-points",
         description="Simulate an annotator: N surface points per class from labelsTr (farthest-point sampling "
                     "of boundary voxels, seeded), written as <raw dataset>/pointsTr/<case>.json in world mm.")
-    parser.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_Name in nnUNet_raw")
+    add_dataset_argument(parser)
     parser.add_argument("-n", "--num-points", type=int, required=True, help="points per class and case")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("-o", "--output", default=None, help="output folder (default <raw dataset>/pointsTr)")
+    add_seed_argument(parser)
+    add_output_folder_argument(parser, POINTS_FOLDER)
     parser.add_argument("--overwrite", action="store_true",
                         help="also replace point files that are not simulated (hand-made, Slicer)")
     args = parser.parse_args(argv)
@@ -409,9 +402,9 @@ def fit_templates_main(argv: Sequence[str] | None = None) -> int:
         description="Deform a sphere to each class's surface points and rasterise it: <raw dataset>/templatesTr/"
                     "<case><file_ending> (labelsTr untouched); Dice and mean surface distance against labelsTr "
                     f"when it holds real labels (printed and in templatesTr/{QUALITY_FILE}).")
-    parser.add_argument("-d", "--dataset", required=True, help="dataset id or DatasetXXX_Name in nnUNet_raw")
-    parser.add_argument("-p", "--points", default=None, help="point folder (default <raw dataset>/pointsTr)")
-    parser.add_argument("-o", "--output", default=None, help="output folder (default <raw dataset>/templatesTr)")
+    add_dataset_argument(parser)
+    add_points_argument(parser)
+    add_output_folder_argument(parser, TEMPLATES_FOLDER)
     parser.add_argument("--subdivisions", type=int, default=3,
                         help="icosphere subdivisions of the template mesh (3: 642 vertices, default)")
     args = parser.parse_args(argv)

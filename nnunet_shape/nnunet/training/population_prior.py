@@ -28,6 +28,9 @@ Checkpoints are selected by descriptor satisfaction on validation, like every de
 trainer, with the relations counted as one more entry (``satisfied_relations``). The final
 validation writes ``validation/prior_satisfaction.json``: per validation case, whether the
 prediction satisfies each per-class descriptor bound and each relation of the prior.
+
+``nnUNetTrainerShapePopulationPriorImageAware`` adds the image-aware terms with the weights of
+``nnUNetTrainerShapeDescriptorsImageAware`` (its class attributes, referenced).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from nnunet_shape.nnunet.training.shape_trainers import (
     HARD_PREFIX,
     SOFT_PREFIX,
     nnUNetTrainerShapeDescriptors,
+    nnUNetTrainerShapeDescriptorsImageAware,
 )
 from nnunet_shape.nnunet.training.variants import (
     DebugSchedule,
@@ -370,12 +374,37 @@ class nnUNetTrainerShapePopulationPrior(nnUNetTrainerShapeDescriptorsFromFile):
         self.set_deep_supervision_enabled(True)
 
 
+class nnUNetTrainerShapePopulationPriorImageAware(nnUNetTrainerShapePopulationPrior):
+    """The population prior (one file, no labels) plus the image-aware terms of
+    ``nnUNetTrainerShapeDescriptorsImageAware`` with its weights (region homogeneity, edge-aware
+    boundary, entropy; docs/method.md, "Image-aware terms"): the prior's ranges are wide, so the
+    image decides the most among the segmentations that satisfy them. The weights are that class's
+    attributes, not copies, so a change there is a change here."""
+
+    homogeneity_weight = nnUNetTrainerShapeDescriptorsImageAware.homogeneity_weight
+    edge_weight = nnUNetTrainerShapeDescriptorsImageAware.edge_weight
+    edge_sigma = nnUNetTrainerShapeDescriptorsImageAware.edge_sigma
+    entropy_weight = nnUNetTrainerShapeDescriptorsImageAware.entropy_weight
+
+
 # training-length variants, nnU-Net style (schedules: nnunet_shape.nnunet.training.variants)
 class nnUNetTrainerShapePopulationPrior_5epochs(Schedule5Epochs, nnUNetTrainerShapePopulationPrior): ...
 class nnUNetTrainerShapePopulationPrior_50epochs(Schedule50Epochs, nnUNetTrainerShapePopulationPrior): ...
 class nnUNetTrainerShapePopulationPrior_250epochs(Schedule250Epochs, nnUNetTrainerShapePopulationPrior): ...
 class nnUNetTrainerShapePopulationPrior_demo(DemoSchedule, nnUNetTrainerShapePopulationPrior): ...
 class nnUNetTrainerShapePopulationPrior_debug(DebugSchedule, nnUNetTrainerShapePopulationPrior): ...
+
+
+class nnUNetTrainerShapePopulationPriorImageAware_5epochs(
+        Schedule5Epochs, nnUNetTrainerShapePopulationPriorImageAware): ...
+class nnUNetTrainerShapePopulationPriorImageAware_50epochs(
+        Schedule50Epochs, nnUNetTrainerShapePopulationPriorImageAware): ...
+class nnUNetTrainerShapePopulationPriorImageAware_250epochs(
+        Schedule250Epochs, nnUNetTrainerShapePopulationPriorImageAware): ...
+class nnUNetTrainerShapePopulationPriorImageAware_demo(
+        DemoSchedule, nnUNetTrainerShapePopulationPriorImageAware): ...
+class nnUNetTrainerShapePopulationPriorImageAware_debug(
+        DebugSchedule, nnUNetTrainerShapePopulationPriorImageAware): ...
 
 
 #: every trainer class defined in this module (what the trainers/ re-export module exposes)

@@ -139,9 +139,14 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         if self.optimizer_name != "adam":
             raise ValueError(f"{type(self).__name__}.optimizer_name must be 'adam' or 'sgd', "
                              f"not {self.optimizer_name!r}")
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, betas=self.adam_betas,
+        optimizer = torch.optim.Adam(self._trained_parameters(), lr=self.initial_lr, betas=self.adam_betas,
                                      weight_decay=self.weight_decay)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def _trained_parameters(self) -> list[torch.Tensor]:
+        """What the optimiser trains and ``train_step`` clips (at nnU-Net's norm 12): the network's
+        parameters; a reconstruction branch (``nnUNetTrainerShapeDescriptorsRecon``) adds its own."""
+        return list(self.network.parameters())
 
     # ----------------------------------------------------------------------------------- loss
     def _build_loss(self):
@@ -247,12 +252,12 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            torch.nn.utils.clip_grad_norm_(self._trained_parameters(), 12)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            torch.nn.utils.clip_grad_norm_(self._trained_parameters(), 12)
             self.optimizer.step()
         # the first host transfers of the step, once everything is queued (as nnU-Net's loss.cpu())
         out = {"loss": loss.detach().cpu().numpy(), **self._host_codes(satisfied)}

@@ -12,6 +12,9 @@ and ``w_low`` elsewhere (:mod:`nnunet_shape.core.reconstruction`). ``R`` exists 
 its weights are stored in the checkpoint under ``reconstruction_network_weights`` (for ``--c``),
 never in ``network_weights``, so ``nnUNetv2_predict`` loads the core network alone and predicts
 with nnU-Net's argmax over the softmax (for one class: the threshold 0.5 of the paper's gamma).
+``R``, its optimisation and its checkpointing are the mixin
+:class:`~nnunet_shape.nnunet.training.reconstruction_branch.ReconstructionBranch`, shared with
+``nnUNetTrainerShapeDescriptorsRecon``; checkpoints are written once, atomically.
 
 **How the templates reach the data loader.** After an ordinary ``nnUNetv2_plan_and_preprocess -d
 ID``, the trainer runs the configuration's own preprocessor (the same transpose, crop and
@@ -44,13 +47,17 @@ from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.helpers import dummy_context
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import autocast, nn
 
-from nnunet_shape.core.reconstruction import boundary_weight_map, weighted_mse
+from nnunet_shape.core.reconstruction import boundary_weight_map
 from nnunet_shape.errors import UserError
+from nnunet_shape.nnunet.training.reconstruction_branch import (  # noqa: F401 (re-exported: weaknet's API)
+    PLAIN_UNET,
+    RECONSTRUCTION_KEY,
+    ReconstructionBranch,
+    build_reconstruction_network,
+)
 from nnunet_shape.nnunet.training.variants import (
     DebugSchedule,
     DemoSchedule,
@@ -62,66 +69,24 @@ from nnunet_shape.nnunet.training.variants import (
 #: environment variable: a templates folder other than <raw dataset>/templatesTr (e.g. fit-templates -o)
 TEMPLATES_ENV = "nnUNetShape_templates"
 TEMPLATES_FOLDER = "templatesTr"
-#: the checkpoint key of the reconstruction network (never 'network_weights')
-RECONSTRUCTION_KEY = "reconstruction_network_weights"
 #: bookkeeping of the preprocessed templates (which template file each case came from), beside the
 #: folder: nnU-Net infers the dataset class from the file endings inside it
 SOURCES_SUFFIX = ".sources.json"
-PLAIN_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 
 
-def build_reconstruction_network(configuration_manager: ConfigurationManager, num_segmentation_heads: int,
-                                 num_image_channels: int, stages: int, base_features: int,
-                                 max_features: int) -> nn.Module:
-    """A small PlainConvUNet: softmax ``(B, K, *S)`` -> image ``(B, C, *S)``.
-
-    It uses the first ``stages`` stages of the plans' kernel sizes and strides (so the training
-    patch, divisible by the plans' total stride, is divisible by its own), the plans' conv and norm
-    ops, ``base_features * 2**i`` features (at most ``max_features``) and no deep supervision.
-    """
-    arch = configuration_manager.network_arch_init_kwargs
-    n = max(1, min(int(stages), len(arch["strides"])))
-    kwargs = {
-        "n_stages": n,
-        "features_per_stage": [min(base_features * 2 ** i, max_features) for i in range(n)],
-        "conv_op": arch["conv_op"],
-        "kernel_sizes": arch["kernel_sizes"][:n],
-        "strides": arch["strides"][:n],
-        "n_conv_per_stage": [2] * n,
-        "n_conv_per_stage_decoder": [2] * (n - 1),
-        "conv_bias": True,
-        "norm_op": arch.get("norm_op", "torch.nn.modules.instancenorm.InstanceNorm3d"),
-        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    }
-    return get_network_from_plans(PLAIN_UNET, kwargs, ["conv_op", "norm_op", "dropout_op", "nonlin"],
-                                  num_segmentation_heads, num_image_channels, allow_init=True,
-                                  deep_supervision=False)
-
-
-class nnUNetTrainerWeakNet(nnUNetTrainer):
+class nnUNetTrainerWeakNet(ReconstructionBranch, nnUNetTrainer):
     """Paper 003: CE on the fitted templates + lambda * boundary-weighted image reconstruction."""
 
     #: training length (nnU-Net's defaults; the ``_Nepochs`` variants change them)
     training_epochs: int = 1000
     iterations_per_epoch: int = 250
     val_iterations_per_epoch: int = 50
-    #: lambda of L = CE + lambda * L_mse. Both terms are means over voxels (the paper's sums divided by
-    #: the same count, so their ratio is the paper's) on nnU-Net's normalised image (z-score for MRI).
-    #: The paper's 1e-4 multiplies squared errors of intensities whose scale it does not give; for
-    #: 8-bit intensities (std ~30 grey values) it is 1e-4 * 30^2 ~ 0.1 on z-scored ones: our default.
-    reconstruction_weight: float = 0.1
+    #: lambda of L = CE + lambda * L_mse: ReconstructionBranch.reconstruction_weight (0.1; why, there),
+    #: like the reconstruction U-Net's size (reconstruction_stages, _base_features, _max_features)
     #: d (mm): voxels within d of a template boundary get boundary_weight_high, the others _low
     boundary_distance_mm: float = 5.0
     boundary_weight_high: float = 1.0
     boundary_weight_low: float = 0.1
-    #: the reconstruction U-Net (training only)
-    reconstruction_stages: int = 3
-    reconstruction_base_features: int = 8
-    reconstruction_max_features: int = 32
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -237,25 +202,11 @@ class nnUNetTrainerWeakNet(nnUNetTrainer):
         return loss
 
     def configure_optimizers(self):
-        parameters = list(self.network.parameters())
-        if self.reconstruction_weight > 0:
-            self.reconstruction_network = build_reconstruction_network(
-                self.configuration_manager, self.label_manager.num_segmentation_heads, self.num_input_channels,
-                self.reconstruction_stages, self.reconstruction_base_features,
-                self.reconstruction_max_features).to(self.device)
-            parameters += list(self.reconstruction_network.parameters())
-            if self.is_ddp:
-                from torch.nn.parallel import DistributedDataParallel
-
-                self.reconstruction_network = DistributedDataParallel(self.reconstruction_network,
-                                                                      device_ids=[self.local_rank])
-        optimizer = torch.optim.SGD(parameters, self.initial_lr, weight_decay=self.weight_decay,
+        # nnU-Net's SGD and poly schedule over both networks, in one parameter group
+        self.build_reconstruction_branch()
+        optimizer = torch.optim.SGD(self._trained_parameters(), self.initial_lr, weight_decay=self.weight_decay,
                                     momentum=0.99, nesterov=True)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
-
-    def _trained_parameters(self) -> list[torch.Tensor]:
-        extra = [] if self.reconstruction_network is None else list(self.reconstruction_network.parameters())
-        return list(self.network.parameters()) + extra
 
     def weak_net_loss(self, data: torch.Tensor, output, target) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(L, CE, weighted MSE) of one batch; ``data`` (B, C, *S), ``output``/``target`` nnU-Net's (lists
@@ -269,8 +220,7 @@ class nnUNetTrainerWeakNet(nnUNetTrainer):
         weight = boundary_weight_map(template[:, 0].detach().cpu().numpy().round().astype(np.int64), spacing,
                                      self.boundary_distance_mm, self.boundary_weight_high, self.boundary_weight_low)
         weight = torch.from_numpy(weight[:, None]).to(data.device)
-        reconstruction = self.reconstruction_network(torch.softmax(logits.float(), dim=1))
-        mse = weighted_mse(reconstruction.float(), data.float(), weight)
+        mse = self.reconstruction_mse(data, torch.softmax(logits.float(), dim=1), weight)
         return ce + self.reconstruction_weight * mse, ce, mse
 
     def train_step(self, batch: dict) -> dict:
@@ -301,28 +251,6 @@ class nnUNetTrainerWeakNet(nnUNetTrainer):
         outputs = collate_outputs(train_outputs)
         self.print_to_log_file(f"template CE {np.mean(outputs['ce']):.4f}, weighted reconstruction MSE "
                                f"{np.mean(outputs['weighted_mse']):.4f} (lambda {self.reconstruction_weight})")
-
-    # --- checkpoints: the reconstruction network beside, never inside, network_weights -----------
-
-    def _reconstruction_module(self) -> nn.Module | None:
-        module = self.reconstruction_network
-        return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
-
-    def save_checkpoint(self, filename: str) -> None:
-        super().save_checkpoint(filename)
-        module = self._reconstruction_module()
-        if self.local_rank == 0 and not self.disable_checkpointing and module is not None:
-            checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
-            checkpoint[RECONSTRUCTION_KEY] = module.state_dict()
-            torch.save(checkpoint, filename)
-
-    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
-            torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
-        module = self._reconstruction_module()
-        if module is not None and RECONSTRUCTION_KEY in checkpoint:
-            module.load_state_dict(checkpoint[RECONSTRUCTION_KEY])
 
 
 class nnUNetTrainerWeakNetNoRecon(nnUNetTrainerWeakNet):

@@ -31,6 +31,7 @@ from torch._dynamo import OptimizedModule
 from nnunet_shape.core.anatomical_frame import AnatomicalFrame
 from nnunet_shape.network.std_exp import STD_EXP_CLASS_NAME, std_exp_arch_kwargs, total_stride
 from nnunet_shape.nnunet.label_free import refuse_placeholder_labels
+from nnunet_shape.nnunet.training.checkpoints import AtomicCheckpointMixin
 
 #: environment variable: activation-memory budget (GiB) used to choose the batch size.
 MEMORY_BUDGET_ENV = "nnUNetShape_memory_budget_gb"
@@ -325,10 +326,12 @@ def centred_lower_bound(case_size: int, patch_size: int) -> int:
     return -((patch_size - case_size) // 2)
 
 
-class nnUNetTrainerWholeScan(nnUNetTrainer):
+class nnUNetTrainerWholeScan(AtomicCheckpointMixin, nnUNetTrainer):
     """nnU-Net trainer on the whole scan as one patch, with the STD/EXP two-stream network.
 
-    Subclasses change class attributes only (nnU-Net's idiom for trainer variants).
+    Subclasses change class attributes only (nnU-Net's idiom for trainer variants). Checkpoints
+    are written atomically (:mod:`nnunet_shape.nnunet.training.checkpoints`): a kill during the
+    save leaves the previous ``checkpoint_latest.pth``, never a truncated one.
     """
 
     #: training length (nnU-Net's defaults; the ``_Nepochs`` variants change them)
@@ -480,18 +483,6 @@ class nnUNetTrainerWholeScan(nnUNetTrainer):
     def on_train_epoch_start(self):
         self.logger.log(SEED_KEY, self.seed_used, self.current_epoch)
         super().on_train_epoch_start()
-
-    def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint, written beside ``filename`` and renamed onto it.
-
-        nnU-Net saves with ``torch.save`` in place: a kill (SIGKILL, SIGINT, a pre-empted job)
-        during the save leaves a truncated ``checkpoint_latest.pth`` that ``nnUNetv2_train --c``
-        cannot load. The rename is atomic on POSIX, so the file is the old or the new checkpoint.
-        """
-        partial = f"{filename}.partial"
-        super().save_checkpoint(partial)
-        if os.path.isfile(partial):
-            os.replace(partial, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
