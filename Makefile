@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nnunet-shape-installed
 
-.PHONY: test test-slow test-all test-gpu lint demo demo-weak demo-priors bench gpu-check venv clean
+.PHONY: test test-slow test-all test-gpu lint demo demo-weak demo-priors demo-brain bench gpu-check venv clean
 
 venv: $(STAMP)
 
@@ -52,6 +52,13 @@ demo-weak: $(STAMP)
 demo-priors: $(STAMP)
 	$(PY) -m nnunet_shape.demo --suite priors --output demo_priors_output
 
+# Table 1 on real brain MRI anatomy (nilearn's MNI152 template, docs/real-anatomy.md) with the row
+# V+C+D + image terms; output demo_brain_output. SEEDS=3 as for make demo; HEMISPHERES=1: the four
+# classes tissue x hemisphere (output demo_brain_hemispheres_output)
+HEMISPHERES ?=
+demo-brain: $(STAMP)
+	$(PY) -m nnunet_shape.demo --data brain --image-aware --seeds $(SEEDS) $(if $(HEMISPHERES),--hemispheres)
+
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py --output benchmarks/results.md
 
@@ -61,4 +68,5 @@ gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py --device $(DEVICE) --output benchmarks/gpu_check.json
 
 clean:
-	rm -rf $(VENV) demo_output demo_weak_output demo_priors_output .pytest_cache
+	rm -rf $(VENV) demo_output demo_weak_output demo_priors_output demo_brain_output demo_brain_hemispheres_output \
+		.pytest_cache

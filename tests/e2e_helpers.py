@@ -1,8 +1,10 @@
-"""Tiny nnU-Net raw datasets and a runner for nnU-Net's real console scripts (end-to-end tests)."""
+"""Tiny nnU-Net raw datasets, a runner for nnU-Net's real console scripts, in-process trainers and
+their batches (end-to-end tests)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -90,3 +92,53 @@ def make_trainer(root: Path, cls: type, monkeypatch, configuration: str = "3d_fu
     plans["continue_training"] = False
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
     return cls(plans, configuration, 0, dataset_json, torch.device(device))
+
+
+def first_batch(trainer, loader_class: type, batch_size: int) -> dict:
+    """The first batch of an initialised ``trainer``'s training split through ``loader_class``
+    (``WholeCaseDataLoader`` or one of its subclasses), without augmentation."""
+    dataset_tr, _ = trainer.get_tr_and_val_datasets()
+    patch = trainer.configuration_manager.patch_size
+    return next(loader_class(dataset_tr, batch_size, patch, patch, trainer.label_manager, transforms=None))
+
+
+def results_fold(root: Path, dataset: str, trainer: str, configuration: str = "3d_fullres", fold: int = 0) -> Path:
+    """nnU-Net's output folder of ``trainer`` (with nnUNetPlans) on ``dataset`` under ``root``."""
+    return root / "nnUNet_results" / dataset / f"{trainer}__nnUNetPlans__{configuration}" / f"fold_{fold}"
+
+
+def newest_training_log(fold: Path) -> str:
+    """The newest ``training_log_*.txt`` in ``fold`` (in-process trainers of other tests may have
+    written older ones into the same folder)."""
+    return max(fold.glob("training_log_*.txt"), key=lambda p: p.stat().st_mtime_ns).read_text()
+
+
+def train_without_label_arrays(root: Path, dataset: str, trainer: str, env: Mapping[str, str], log: Path,
+                               moved_to: Path) -> Path:
+    """``nnUNetv2_train`` of ``trainer`` (3d_fullres, fold 0, CPU) with every preprocessed label array
+    of ``dataset`` moved to the new folder ``moved_to`` during the run and put back afterwards (a
+    trainer that read voxel labels would fail). Returns the fold's results folder."""
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
+
+    folder = root / "nnUNet_preprocessed" / dataset / "nnUNetPlans_3d_fullres"
+    moved_to.mkdir()
+    for seg in folder.glob("*_seg.*"):
+        shutil.move(str(seg), moved_to / seg.name)
+    try:
+        run_cli(["nnUNetv2_train", str(convert_dataset_name_to_id(dataset)), "3d_fullres", "0", "-tr", trainer,
+                 "-device", "cpu"], train_env(env), log=log)
+    finally:
+        for seg in moved_to.iterdir():
+            shutil.move(str(seg), folder / seg.name)
+    return results_fold(root, dataset, trainer)
+
+
+def predict_test_cases(root: Path, dataset: str, trainer: str, env: Mapping[str, str], output: Path) -> list[Path]:
+    """``nnUNetv2_predict`` of ``trainer`` (3d_fullres, fold 0, CPU, no test-time mirroring) on
+    ``dataset``'s imagesTs into ``output``. Returns the predicted files, sorted."""
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
+
+    run_cli(["nnUNetv2_predict", "-i", str(root / "nnUNet_raw" / dataset / "imagesTs"), "-o", str(output),
+             "-d", str(convert_dataset_name_to_id(dataset)), "-c", "3d_fullres", "-f", "0", "-tr", trainer,
+             "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta"], env)
+    return sorted(output.glob("*.nii.gz"))

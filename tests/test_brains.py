@@ -250,6 +250,14 @@ def test_cases_are_deterministic_and_differ() -> None:
     assert set(np.unique(labels_a)) == {0, GM, WM}
 
 
+def test_array_axes_are_the_grids_anatomical_axes() -> None:
+    """ARRAY_AXES (what the demo mirrors by) names the LPS axis each array axis (z, y, x) runs along
+    in the written files, read from the grid's direction (SimpleITK index k is array axis 2 - k)."""
+    direction = np.asarray(brains.output_grid(5.0).GetDirection()).reshape(3, 3)
+    along = [("LR", "AP", "SI")[int(np.argmax(np.abs(direction[:, k])))] for k in range(3)]
+    assert tuple(reversed(along)) == brains.ARRAY_AXES == ("SI", "AP", "LR")
+
+
 @pytest.mark.parametrize("spacing, shape", [(5.0, (38, 47, 40)), (8.0, (24, 30, 25)), (1.0, (189, 233, 197))])
 def test_output_grid_covers_the_template(spacing: float, shape: tuple[int, int, int]) -> None:
     grid = brains.output_grid(spacing)

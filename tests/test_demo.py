@@ -5,11 +5,14 @@ then one smoke run of the whole pipeline through nnU-Net's console scripts (tiny
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import re
 import subprocess
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,17 +32,33 @@ from nnunet_shape.demo.report import (
     BASELINE_TITLES,
     TableRow,
     chance_dice,
+    command_line,
     compartments_found,
     format_compartment_table,
     format_descriptor_error_table,
     format_dice_table,
     format_postprocessing_decisions,
+    ordering_text,
     ordering_verdict,
     table_rows,
     write_table_csv,
 )
 from nnunet_shape.demo.run import keep_largest_component_per_label, postprocess_folder
-from nnunet_shape.demo.settings import SETTINGS, descriptor_value_count, phantom_spacing, voxel_annotation_count
+from nnunet_shape.demo.settings import (
+    BRAIN,
+    BRAIN_HEMISPHERES,
+    IMAGE_AWARE_SETTING,
+    KNEE,
+    SETTINGS,
+    DemoOptions,
+    dataset_folder_name,
+    demo_data,
+    demo_settings,
+    descriptor_value_count,
+    phantom_spacing,
+    superior_inferior_patch_axis,
+    voxel_annotation_count,
+)
 
 # ------------------------------------------------------------------------------------------------
 # counting annotations
@@ -84,15 +103,20 @@ def test_phantom_spacing_keeps_the_default_field_of_view(shape):
 
 def test_settings_match_the_trainers():
     """The rows name real trainers, constrain what the trainer classes constrain, and every row
-    gets the same schedule from the _demo and _debug suffixes."""
+    (the image-aware one included) gets the same schedule from the _demo and _debug suffixes."""
     import nnunet_shape.nnunet.training.shape_trainers as shape_trainers
 
     assert [s.title for s in SETTINGS] == ["Full supervision", "V+C", "V+C+D"]
-    for setting in SETTINGS:
+    assert demo_settings() == SETTINGS == demo_settings(image_aware=False)
+    assert [s.title for s in demo_settings(image_aware=True)] == ["Full supervision", "V+C", "V+C+D",
+                                                                  "V+C+D + image terms"]
+    assert IMAGE_AWARE_SETTING.trainer == "nnUNetTrainerShapeDescriptorsImageAware"
+    for setting in demo_settings(image_aware=True):
         cls = getattr(shape_trainers, setting.trainer)
         assert getattr(cls, "descriptors", None) == setting.descriptors
+    assert shape_trainers.nnUNetTrainerShapeDescriptorsImageAware.homogeneity_weight > 0  # it does use the image
     for suffix in ("_demo", "_debug"):
-        schedules = {demo._trainer_schedule(s.trainer + suffix) for s in SETTINGS}
+        schedules = {demo._trainer_schedule(s.trainer + suffix) for s in demo_settings(image_aware=True)}
         assert len(schedules) == 1, schedules
 
 
@@ -111,6 +135,34 @@ def test_optimizer_description_follows_the_trainer_classes():
 ])
 def test_anatomical_mirror_axes_skip_the_superior_inferior_axis(transpose_forward, expected):
     assert demo.anatomical_mirror_axes(transpose_forward) == expected
+    assert demo.anatomical_mirror_axes(transpose_forward, KNEE) == expected
+
+
+@pytest.mark.parametrize("transpose_forward, brain, hemispheres, si", [
+    ((0, 1, 2), (2,), (), 0),  # raw (z, y, x) = (SI, AP, LR): only left-right is mirrored
+    ((2, 0, 1), (0,), (), 1),  # LR first, SI second
+    ((1, 2, 0), (1,), (), 2),
+])
+def test_brains_are_mirrored_left_right_only(transpose_forward, brain, hemispheres, si):
+    """The brains mirror along LR only (a symmetric template); the hemisphere classes never (the
+    mirror image of a left class lies on the right); superior-inferior follows the same axes."""
+    assert demo.anatomical_mirror_axes(transpose_forward, BRAIN) == brain
+    assert demo.anatomical_mirror_axes(transpose_forward, BRAIN_HEMISPHERES) == hemispheres
+    assert superior_inferior_patch_axis(transpose_forward, BRAIN) == si
+    assert superior_inferior_patch_axis((0, 1, 2), KNEE) == superior_inferior_patch_axis((0, 1, 2)) == 1
+
+
+def test_demo_data_of_the_options():
+    assert demo_data(DemoOptions(output=Path("o"))) is KNEE
+    assert demo_data(DemoOptions(output=Path("o"), data="brain")) is BRAIN
+    assert demo_data(DemoOptions(output=Path("o"), data="brain", hemispheres=True)) is BRAIN_HEMISPHERES
+    with pytest.raises(ValueError, match="'liver'.*knee, brain"):
+        demo_data(DemoOptions(output=Path("o"), data="liver"))
+    with pytest.raises(ValueError, match="--data knee"):
+        demo_data(DemoOptions(output=Path("o"), hemispheres=True))
+    assert [dataset_folder_name(701), dataset_folder_name(720, BRAIN), dataset_folder_name(721, BRAIN_HEMISPHERES)] \
+        == ["Dataset701_KneePhantom", "Dataset720_BrainMNI", "Dataset721_BrainMNIHemispheres"]
+    assert (KNEE.overlay_plane, BRAIN.overlay_plane) == ("sagittal", "axial")
 
 
 def test_unknown_trainer_suffix_names_the_available_ones():
@@ -210,10 +262,14 @@ def test_baseline_rows_table_and_verdict():
     assert [(r.setting, r.postprocessing, r.annotations, r.avg_dice) for r in rows] == [
         (BASELINE_TITLES["atlas"], "none", 24, 0.5), (BASELINE_TITLES["descriptor_ellipsoids"], "none", 14, 0.2)]
     assert rows[0].dice_mean == {"femur": 0.6, "tibia": 0.4} and rows[0].dice_std == {"femur": 0.1, "tibia": 0.0}
-    text = baseline_verdict({"vcd": 0.3, "vc": 0.1}, rows)
+    text = baseline_verdict({"vcd": 0.3, "vc": 0.1, "full_supervision": 0.9}, rows)
     assert text == ("V+C+D does NOT beat the atlas (30.0 vs 50.0 %), beats the descriptor ellipsoids (30.0 vs 20.0 %); "
                     "V+C does NOT beat the atlas (10.0 vs 50.0 %), does NOT beat the descriptor ellipsoids "
                     "(10.0 vs 20.0 %)")
+    # the image-aware row first (the expected order), judged against the same bars
+    assert baseline_verdict({"vc": 0.1, "image_aware": 0.55, "vcd": 0.3}, rows).startswith(
+        "V+C+D + image terms beats the atlas (55.0 vs 50.0 %), beats the descriptor ellipsoids (55.0 vs 20.0 %); "
+        "V+C+D does NOT beat the atlas")
     model = TableRow("V+C+D", "t", "chosen", 0.3, {"femur": 0.5, "tibia": 0.1}, {"femur": 0.0, "tibia": 0.0}, 14,
                      "descriptor values")
     lines = format_dice_table([model], "chosen", baselines=rows).splitlines()
@@ -243,6 +299,45 @@ def test_ordering_verdict(full, vcd, vc, chance, ordering, above):
     for title, dice in (("V+C+D", vcd), ("V+C", vc)):
         verdict = "clearly above" if dice > chance + 0.10 else "NOT clearly above"
         assert f"{title} {verdict} ({100 * dice:.1f} %)" in text
+
+
+@pytest.mark.parametrize("full, image, vcd, vc, ordering, above", [
+    (0.90, 0.70, 0.60, 0.50, True, True),
+    (0.90, 0.55, 0.60, 0.50, False, True),  # the image terms below V+C+D
+    (0.65, 0.70, 0.60, 0.50, False, True),  # ... above full supervision
+    (0.90, 0.60, 0.60, 0.50, False, True),  # a tie does not order
+    (0.90, 0.70, 0.60, 0.65, False, True),  # V+C beats V+C+D: the paper's pair fails, the image row is fine
+    (0.90, 0.50, 0.30, 0.10, True, False),  # ordered, but V+C is not 10 points above chance (0.05)
+    (0.90, 0.12, 0.11, 0.10, True, False),
+])
+def test_ordering_verdict_with_the_image_aware_row(full, image, vcd, vc, ordering, above):
+    """Four rows: full supervision > V+C+D + image terms > V+C+D > V+C, every neighbouring pair
+    strictly, and every descriptor row (the image-aware one too) clearly above chance."""
+    avg = {"full_supervision": full, "vc": vc, "vcd": vcd, "image_aware": image}  # any key order
+    holds, clearly_above, text = ordering_verdict(avg, 0.05)
+    assert (holds, clearly_above) == (ordering, above)
+    assert text.startswith("ordering full supervision > V+C+D + image terms > V+C+D > V+C: "
+                           + ("holds" if ordering else "does NOT hold")
+                           + f" ({100 * full:.1f} / {100 * image:.1f} / {100 * vcd:.1f} / {100 * vc:.1f} % mean Dice)")
+    for title, dice in (("V+C+D + image terms", image), ("V+C+D", vcd), ("V+C", vc)):
+        assert f"{title} {'clearly above' if dice > 0.15 else 'NOT clearly above'} ({100 * dice:.1f} %)" in text
+
+
+def test_ordering_verdict_text_in_full():
+    _, _, text = ordering_verdict({"full_supervision": 0.9, "image_aware": 0.7, "vcd": 0.6, "vc": 0.1}, 0.04)
+    assert text == ("ordering full supervision > V+C+D + image terms > V+C+D > V+C: holds (90.0 / 70.0 / 60.0 / 10.0 % "
+                    "mean Dice); descriptor-only training against chance (4.0 % + 10 points = 14.0 %): "
+                    "V+C+D + image terms clearly above (70.0 %), V+C+D clearly above (60.0 %), "
+                    "V+C NOT clearly above (10.0 %)")
+    _, _, text = ordering_verdict({"full_supervision": 0.9, "vcd": 0.6, "vc": 0.5}, 0.04)
+    assert text == ("ordering full supervision > V+C+D > V+C: holds (90.0 / 60.0 / 50.0 % mean Dice); descriptor-only "
+                    "training against chance (4.0 % + 10 points = 14.0 %): V+C+D clearly above (60.0 %), "
+                    "V+C clearly above (50.0 %)")
+    assert ordering_text(["vc", "full_supervision", "vcd"]) == "full supervision > V+C+D > V+C"
+    with pytest.raises(ValueError, match="'vc'"):
+        ordering_verdict({"full_supervision": 0.9, "vcd": 0.6}, 0.04)
+    with pytest.raises(ValueError, match="recon"):
+        ordering_text(["vc", "recon"])
 
 
 def test_table_csv_round_trip(tmp_path):
@@ -443,8 +538,70 @@ def test_help_lists_the_options(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for option in ("--output", "--n-train", "--n-test", "--shape", "--seed", "--trainer-suffix", "--device",
-                   "--skip-training", "--fold", "--tta"):
+                   "--skip-training", "--fold", "--tta", "--data", "--spacing", "--hemispheres", "--image-aware"):
         assert option in text
+    assert "demo_brain_output" in text
+
+
+def test_default_options_are_make_demos():
+    """No option: the knee phantoms, Table 1's three rows, the options make demo always had."""
+    options, suite = demo.options_from_command_line([])
+    assert suite == "table1"
+    assert options == DemoOptions(output=Path("demo_output"))
+    assert options.data == "knee" and options.dataset_id == 701 and options.shape == (32, 48, 48)
+    assert not options.image_aware
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nilearn") is None, reason="the brain data needs nilearn")
+@pytest.mark.parametrize("argv, expected", [
+    (["--data", "brain"], dict(data="brain", dataset_id=720, output=Path("demo_brain_output"), spacing_mm=5.0)),
+    (["--data", "brain", "--hemispheres", "--image-aware", "--spacing", "8", "--seeds", "3"],
+     dict(data="brain", hemispheres=True, image_aware=True, dataset_id=721, spacing_mm=8.0, seeds=3,
+          output=Path("demo_brain_hemispheres_output"))),
+    (["--data", "brain", "-o", "x", "--dataset-id", "730"], dict(data="brain", dataset_id=730, output=Path("x"))),
+    (["--image-aware"], dict(image_aware=True)),
+])
+def test_data_and_image_aware_options(argv, expected):
+    options, suite = demo.options_from_command_line(argv)
+    assert suite == "table1"
+    assert options == replace(DemoOptions(output=Path("demo_output")), **expected)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "brain", "--shape", "8", "8", "8"], "--data brain does not take --shape (the brains' grid follows "
+                                                      "from --spacing MM"),
+    (["--data", "brain", "--mirror-si"], "--data brain does not take --mirror-si (the brains are mirrored left-right "
+                                         "only"),
+    (["--spacing", "4"], "--data knee does not take --spacing (the phantoms' spacing follows from --shape"),
+    (["--hemispheres", "--shape", "8", "8", "8"], "--data knee does not take --hemispheres (the hemispheres split"),
+    (["--data", "brain", "--suite", "weak"], "--data brain: for --suite table1 only"),
+    (["--image-aware", "--suite", "priors"], "--image-aware: for --suite table1 only"),
+    (["--data", "brain", "--spacing", "0.5"], "--spacing: spacing_mm must be 1..20 mm"),
+])
+def test_options_the_data_refuses(tmp_path, capsys, argv, message):
+    assert demo.main(["--output", str(tmp_path / "o"), *argv]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_brain_data_without_nilearn_stops_before_writing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nilearn", None)  # find_spec answers None: not installed
+    assert demo.main(["--output", str(tmp_path / "o"), "--data", "brain"]) == 2
+    assert "pip install nilearn" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nilearn") is None, reason="the brain data needs nilearn")
+@pytest.mark.parametrize("options", [
+    DemoOptions(output=Path("demo_output")),
+    DemoOptions(output=Path("a b"), n_train=7, n_test=2, shape=(16, 32, 32), seed=3, trainer_suffix="_debug",
+                fold="all", tta=True, mirror_si=True, training_seed=5, seeds=2, image_aware=True, skip_training=True),
+    DemoOptions(output=Path("x"), data="brain", dataset_id=720, spacing_mm=7.5, image_aware=True),
+    DemoOptions(output=Path("x"), data="brain", hemispheres=True, dataset_id=721, seeds=3),
+])
+def test_the_reports_command_line_repeats_the_run(options):
+    assert demo.options_from_command_line(command_line(options)) == (options, "table1")
 
 
 def test_fold_0_needs_five_training_cases(tmp_path, capsys):
@@ -570,3 +727,71 @@ def test_demo_smoke_run(tmp_path):
     assert sorted(p.name for p in (output / "overlays").glob("*.png")) == ["knee_005.png", "knee_006.png"]
     curves = {p.name for p in (output / "curves").glob("*.png")}
     assert {"full_supervision_progress.png", "vc_progress_descriptors.png", "vcd_progress_descriptors.png"} <= curves
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("nilearn") is None, reason="the brain data needs nilearn")
+def test_brain_demo_with_the_image_aware_row_smoke_run(tmp_path):
+    """--data brain --image-aware end to end: MNI brains -> plan -> train (4 x _debug) -> predict ->
+    postprocess -> evaluate -> report, with the same stages and report as the knee run."""
+    from nnunet_shape.demo.brains import TISSUE_LABELS
+
+    output = tmp_path / "brain_output"
+    completed = subprocess.run(
+        [sys.executable, "-m", "nnunet_shape.demo", "--data", "brain", "--image-aware", "--output", str(output),
+         "--n-train", "5", "--n-test", "2", "--spacing", "10", "--trainer-suffix", "_debug", "--no-progress"],
+        capture_output=True, text=True, timeout=1500)
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    for k in range(1, 15):  # 2 + 2 x 4 rows + 4 stages
+        assert re.search(rf"^\[{k}/14\] .*: \d+ s \(total \d+ s\)$", completed.stdout, re.M), k
+    assert re.search(r"^\[1/14\] brains: \d+ s", completed.stdout, re.M)
+    assert "Table 1 on MNI152 brains (gray and white matter): Full supervision, V+C, V+C+D, V+C+D + image terms " \
+           "(Dataset720_BrainMNI)" in completed.stdout
+    assert "ordering full supervision > V+C+D + image terms > V+C+D > V+C: " in completed.stdout
+    assert "against the no-image baselines: V+C+D + image terms " in completed.stdout
+
+    raw = output / "work" / "nnUNet_raw" / "Dataset720_BrainMNI"
+    assert json.loads((raw / "dataset.json").read_text())["labels"] == TISSUE_LABELS
+    shape = (19, 24, 20)  # 10 mm over the template's 189 x 233 x 197 mm
+    with open(output / "table.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    settings = demo_settings(image_aware=True)
+    assert [(r["setting"], r["postprocessing"]) for r in rows] == [
+        (s.title, v) for s in settings for v in ("raw", "largest_component", "chosen")] + [
+        (BASELINE_TITLES[b], "none") for b in ("atlas", "descriptor_ellipsoids")]
+    # 2 classes: V+C 2 x (1 + 3), V+C+D (with or without the image terms) 2 x (1 + 3 + 3)
+    assert [r["annotations_per_case"] for r in rows[:12:3]] == [str(math.prod(shape)), "8", "14", "14"]
+    assert rows[9]["trainer"] == "nnUNetTrainerShapeDescriptorsImageAware_debug"
+    for row in rows[:-2]:
+        slug = next(s.slug for s in settings if s.title == row["setting"])
+        summary = json.loads((output / "evaluation" / slug / row["postprocessing"] / "summary_shape.json").read_text())
+        assert float(row["avg_dice"]) == pytest.approx(summary["foreground_mean"]["Dice"], abs=1e-6)
+        assert 0.0 <= float(row["dice_gray_matter_mean"]) <= 1.0
+    with open(output / "descriptor_errors.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 4 * 3 * 2
+    for setting in settings:
+        files = sorted((output / "predictions" / setting.slug / "chosen").glob("*.nii.gz"))
+        assert [p.name for p in files] == ["brain_005.nii.gz", "brain_006.nii.gz"]
+        assert sitk.GetArrayFromImage(sitk.ReadImage(str(files[0]))).shape == shape
+
+    report = (output / "report.md").read_text()
+    assert report.startswith("# nnunet-shape demo: paper 000's Table 1 on MNI152 brains (gray and white matter)\n")
+    assert "--data brain --spacing 10 --image-aware" in report
+    assert "*Avg* is the mean of the two class means" in report
+    assert "* Brains: 5 training + 2 test cases, seed 0, grid 19 × 24 × 20 (z, y, x), spacing 10 × 10 × 10 mm" \
+        in report
+    assert "ordering full supervision > V+C+D + image terms > V+C+D > V+C" in report
+    assert "### Do the models find every compartment?" not in report and "tibia" not in report
+    # mirrored left-right only: the patch axis of raw axis 2 (LR), read back from every checkpoint
+    plans = json.loads((output / "work" / "nnUNet_preprocessed" / "Dataset720_BrainMNI" / "nnUNetPlans.json")
+                       .read_text())
+    lr, si = plans["transpose_forward"].index(2), plans["transpose_forward"].index(0)
+    assert ("Mirroring (augmentation and test-time axes): " + "; ".join(f"{s.title}: ({lr},)" for s in settings)
+            + f" (patch axes, read from the checkpoints; superior-inferior is patch axis {si})") in report
+    assert "`nnUNetTrainerShapeDescriptorsImageAware_debug` (V+C+D + image terms)" in report
+    links = re.findall(r"\]\(([^)]+)\)", report)
+    for link in links:
+        assert (output / link).is_file(), link
+    assert sorted(p.name for p in (output / "overlays").glob("*.png")) == ["brain_005.png", "brain_006.png"]
+    assert "Mid axial slice and the slice with the most white matter" in report
+    assert (output / "curves" / "image_aware_progress_descriptors.png").is_file()

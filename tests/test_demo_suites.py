@@ -14,13 +14,14 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_shape.demo import run as demo
+from nnunet_shape.demo.console import StageFailed
 from nnunet_shape.demo.suites import (
     SuiteRow,
     chance_iou,
     format_suite_table,
     full_contour_points,
     plot_iou_against_effort,
-    sparse_contour_points,
+    sparse_contour_pixels,
     write_suite_csv,
 )
 
@@ -67,16 +68,28 @@ def test_full_contour_points_by_hand(tmp_path):
     assert full_contour_points([path], [1]) == pytest.approx(4 + 4 * math.sqrt(0.5))
 
 
-def test_sparse_contour_points_is_the_mean_per_case(tmp_path):
+def test_sparse_contour_pixels_counts_each_case_in_its_own_spacing(tmp_path):
+    """Case a: 10 mm of contour, voxels 1 x 1 x 2 mm (mean 4/3 mm): 7.5 pixels; case b: 30 mm,
+    voxels 2 x 2 x 2 mm: 15 pixels; the mean is 11.25 pixels. (Dividing the mean length, 20 mm,
+    by the first case's mean spacing would give 15; by the second's, 10.)"""
+    (tmp_path / "labelsTr").mkdir()
+    for case, spacing in (("a", (1.0, 1.0, 2.0)), ("b", (2.0, 2.0, 2.0))):
+        image = sitk.GetImageFromArray(np.zeros((3, 4, 5), dtype=np.uint8))
+        image.SetSpacing(spacing)
+        sitk.WriteImage(image, str(tmp_path / "labelsTr" / f"{case}.nii.gz"))
     path = tmp_path / "sparse_slices.json"
     path.write_text(json.dumps({"cases": {"a": {"contour_length_mm": 10.0}, "b": {"contour_length_mm": 30.0}}}))
-    assert sparse_contour_points(path) == 20.0
+    assert sparse_contour_pixels(path, ".nii.gz") == pytest.approx((7.5 + 15.0) / 2)
+    # a case without its label file: the error names the file, the case and the missing label map
+    path.write_text(json.dumps({"cases": {"a": {"contour_length_mm": 10.0}, "c": {"contour_length_mm": 1.0}}}))
+    with pytest.raises(StageFailed, match=r"sparse_slices.json: case 'c' has no label file .*c\.nii\.gz"):
+        sparse_contour_pixels(path, ".nii.gz")
 
 
 ROWS = [
     SuiteRow("Full supervision", "full", "every voxel", "nnUNetTrainerShapeFullSupervision_demo", 701,
              effort=1234.4, effort_unit="contour pixels"),
-    SuiteRow("Weak-Net N=25", "weaknet25", "points", "nnUNetTrainerWeakNet_demo", 701, effort=100.0,
+    SuiteRow("Weak-Net N=25", "weaknet25", "points", "nnUNetTrainerWeakNetWholeScan_demo", 701, effort=100.0,
              effort_unit="points"),
     SuiteRow("Chance", "chance", "random", baseline="chance"),
 ]
@@ -149,10 +162,15 @@ def test_weak_suite_end_to_end(tmp_path):
     assert float(by_slug["weaknet125"]["effort_per_case"]) > float(by_slug["weaknet25"]["effort_per_case"])
     assert 0 < float(by_slug["slices1"]["effort_per_case"]) < float(by_slug["slices3"]["effort_per_case"]) \
         < float(by_slug["full"]["effort_per_case"])
-    # every trained row its own nnUNet_results (Weak-Net twice with one trainer class)
+    # every trained row its own nnUNet_results (Weak-Net twice with one trainer class), all on the
+    # same whole-scan STD/EXP network
     for slug in slugs[:7]:
         assert list((output / "work" / "results" / slug).rglob("checkpoint_final.pth")), slug
         assert len(list((output / "predictions" / slug).glob("*.nii.gz"))) == 2
+        (plans,) = (output / "work" / "results" / slug).rglob("plans.json")
+        assert json.loads(plans.read_text())["configurations"]["3d_fullres"]["architecture"][
+            "network_class_name"] == "nnunet_shape.network.std_exp.STDEXPNet", slug
+    assert {r["trainer"] for r in rows if r["row"].startswith("weaknet")} == {"nnUNetTrainerWeakNetWholeScan_debug"}
     for slug in slugs[:-1]:
         summary = json.loads((output / "evaluation" / slug / "summary_shape.json").read_text())
         assert float(by_slug[slug]["mean"]) == pytest.approx(summary["foreground_mean"]["IoU"], abs=1e-9)

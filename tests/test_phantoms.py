@@ -239,6 +239,44 @@ def test_cli_writes_the_same_cases_with_several_processes(tmp_path: Path) -> Non
     assert not any((tmp_path / "serial" / "Dataset702_KneePhantom" / "imagesTs").iterdir())
 
 
+def _record_job(job: tuple) -> dict:
+    return {"job": list(job)}
+
+
+def test_write_cases_numbers_the_test_cases_after_the_training_cases(tmp_path: Path) -> None:
+    """The shared case loop of nnunet-shape phantoms and brains: ids, splits, per-case seeds and
+    the settings every job carries (serial here; the phantom CLI test above runs it in processes)."""
+    from nnunet_shape.demo import dataset_writer
+
+    cases = dataset_writer.write_cases(tmp_path, "case", 2, 1, 5, _record_job, ("a", 7))
+    assert cases == {
+        "case_000": {"job": [str(tmp_path), "case_000", "train", case_seed(5, 0, "train"), "a", 7]},
+        "case_001": {"job": [str(tmp_path), "case_001", "train", case_seed(5, 1, "train"), "a", 7]},
+        "case_002": {"job": [str(tmp_path), "case_002", "test", case_seed(5, 0, "test"), "a", 7]},
+    }
+    assert phantoms.case_seed is dataset_writer.case_seed  # one rule, re-exported where it was
+
+
+def test_writer_options_are_shared_with_the_brains() -> None:
+    """One definition of -o -d -n --n-test --seed --name --np: defaults where given, required otherwise."""
+    import argparse
+
+    from nnunet_shape.demo.dataset_writer import add_dataset_writer_arguments, add_name_and_processes_arguments
+
+    with_defaults, required = argparse.ArgumentParser(), argparse.ArgumentParser()
+    add_dataset_writer_arguments(with_defaults, dataset_id=701, n_train=20, n_test=5)
+    add_name_and_processes_arguments(with_defaults, "KneePhantom")
+    add_dataset_writer_arguments(required, dataset_id=None, n_train=None, n_test=None)
+    args = with_defaults.parse_args(["-o", "raw"])
+    assert vars(args) == {"output": "raw", "dataset_id": 701, "n_train": 20, "n_test": 5, "seed": 0,
+                          "name": "KneePhantom", "num_processes": 1}
+    assert vars(required.parse_args(["-o", "r", "-d", "3", "-n", "2", "--n-test", "0", "--seed", "4"])) == {
+        "output": "r", "dataset_id": 3, "n_train": 2, "n_test": 0, "seed": 4}
+    with pytest.raises(SystemExit):
+        required.parse_args(["-o", "r", "-d", "3", "-n", "2"])
+    assert "dataset id (1..999)" in required.format_help() and "dataset id (default 701)" in with_defaults.format_help()
+
+
 def test_writer_rejects_invalid_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="n_train"):
         write_phantom_dataset(tmp_path, n_train=0)

@@ -16,7 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from e2e_helpers import make_trainer, nnunet_env, run_cli, train_env, write_tiny_dataset
+from e2e_helpers import (
+    first_batch,
+    make_trainer,
+    newest_training_log,
+    nnunet_env,
+    predict_test_cases,
+    run_cli,
+    train_without_label_arrays,
+    write_tiny_dataset,
+)
 
 from nnunet_shape.core.priors import PriorContext
 from nnunet_shape.core.relations import CentroidOffset, DescriptorRatio, NestedCentroid
@@ -92,10 +101,8 @@ def test_loss_gets_the_prior_mapped_by_hand(oriented, monkeypatch, tmp_path):
     monkeypatch.setenv("nnUNetShape_population_prior", str(prior_file))
     trainer = make_trainer(root, nnUNetTrainerShapePopulationPrior, monkeypatch, dataset=DATASET)
     trainer.initialize()
-    dataset_tr, _ = trainer.get_tr_and_val_datasets()
     patch = trainer.configuration_manager.patch_size
-    loader = FromFileDataLoader(dataset_tr, 1, patch, patch, trainer.label_manager, transforms=None)
-    batch = next(loader)
+    batch = first_batch(trainer, FromFileDataLoader, 1)
     bounds, spacing = trainer._loss_targets(batch)
     key = batch["keys"][0]
     raw = sitk.ReadImage(str(root / "nnUNet_raw" / DATASET / "imagesTr" / f"{key}_0000.nii.gz"))
@@ -196,29 +203,14 @@ def test_population_prior_trainer_end_to_end(oriented, tmp_path):
     """The real CLIs: train from the one prior file with every preprocessed label array moved
     away (the raw labels are placeholders already), then predict."""
     root, env = oriented
-    folder = root / "nnUNet_preprocessed" / DATASET / "nnUNetPlans_3d_fullres"
-    moved = tmp_path / "segs"
-    moved.mkdir()
-    for seg in folder.glob("*_seg.*"):
-        shutil.move(str(seg), moved / seg.name)
     trainer = "nnUNetTrainerShapePopulationPrior_debug"
-    try:
-        run_cli(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"],
-                train_env(env), log=root / "train_prior.log")
-    finally:
-        for seg in moved.iterdir():
-            shutil.move(str(seg), folder / seg.name)
-    results = root / "nnUNet_results" / DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
+    results = train_without_label_arrays(root, DATASET, trainer, env, root / "train_prior.log", tmp_path / "segs")
     assert (results / "checkpoint_best.pth").is_file() and (results / "checkpoint_final.pth").is_file()
     report = json.loads((results / "validation" / "prior_satisfaction.json").read_text())
     assert report["cases"], report
     for row in report["cases"].values():
         assert set(row) >= {"volume", "relation_centroid_offset_1_2"}
         assert set(row["volume"]) <= {"blob_a", "blob_b"}
-    log = next(results.glob("training_log_*.txt")).read_text()
+    log = newest_training_log(results)
     assert "population prior:" in log and "prior relations satisfied (val)" in log
-    predictions = root / "pred_prior"
-    run_cli(["nnUNetv2_predict", "-i", str(root / "nnUNet_raw" / DATASET / "imagesTs"), "-o", str(predictions),
-             "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-tr", trainer, "-device", "cpu", "-npp", "1",
-             "-nps", "1", "--disable_tta"], env)
-    assert len(list(predictions.glob("*.nii.gz"))) == 1
+    assert len(predict_test_cases(root, DATASET, trainer, env, root / "pred_prior")) == 1

@@ -5,22 +5,36 @@ write that every trainer (Weak-Net included) goes through."""
 from __future__ import annotations
 
 import os
-import shutil
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from e2e_helpers import make_trainer, run_cli, train_env
+from e2e_helpers import (
+    first_batch,
+    make_trainer,
+    newest_training_log,
+    predict_test_cases,
+    results_fold,
+    run_cli,
+    train_env,
+    train_without_label_arrays,
+)
+from nnunetv2.training.logging.nnunet_logger import LocalLogger
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 # the population-prior tests' dataset (oriented, placeholder labels), planned once for this module
 from test_population_prior_trainer import DATASET as PRIOR_DATASET
-from test_population_prior_trainer import DATASET_ID as PRIOR_DATASET_ID
 from test_population_prior_trainer import oriented  # noqa: F401 (a fixture)
 
 from nnunet_shape.core.image_terms import edge_aware_boundary, prediction_entropy, region_homogeneity
-from nnunet_shape.nnunet.training.checkpoints import partial_checkpoint_path, save_checkpoint_atomically
+from nnunet_shape.nnunet.training.checkpoints import (
+    AtomicCheckpointMixin,
+    partial_checkpoint_path,
+    save_checkpoint_atomically,
+)
 from nnunet_shape.nnunet.training.from_file import FromFileDataLoader
 from nnunet_shape.nnunet.training.population_prior import (
     nnUNetTrainerShapePopulationPrior,
@@ -42,27 +56,17 @@ DATASET = "Dataset701_Tiny"
 
 # --- one atomic write with the extra entries ----------------------------------------------------
 
-def _nnunet_like_save(calls: list):
-    """Stands in for nnUNetTrainer.save_checkpoint: builds its dict and torch.saves it to the path."""
-    def save(path: str) -> None:
-        calls.append(path)
-        torch.save({"network_weights": {"w": torch.ones(2)}, "current_epoch": 3}, path)
-    return save
-
-
 def test_checkpoint_is_written_once_to_partial_then_renamed_with_the_extras(tmp_path, monkeypatch):
     target = tmp_path / "checkpoint_latest.pth"
     target.write_bytes(b"the previous checkpoint")
-    writes, loads, calls = [], [], []
+    writes, loads = [], []
     real_save = torch.save
     monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (writes.append(os.fspath(f)), real_save(obj, f))[1])
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
-    wrapped_save = torch.save
     extras = {RECONSTRUCTION_KEY: {"r": torch.zeros(1)}}
-    save_checkpoint_atomically(_nnunet_like_save(calls), str(target), lambda: extras)
-    assert calls == [partial_checkpoint_path(str(target))] == [f"{target}.partial"]
-    # one write, to the partial file; nothing read back; torch.save is the one from before again
-    assert writes == [f"{target}.partial"] and loads == [] and torch.save is wrapped_save
+    save_checkpoint_atomically({"network_weights": {"w": torch.ones(2)}, "current_epoch": 3}, str(target), extras)
+    # one write, to the partial file; nothing read back
+    assert writes == [partial_checkpoint_path(str(target))] == [f"{target}.partial"] and loads == []
     assert not Path(f"{target}.partial").exists()
     monkeypatch.undo()
     checkpoint = torch.load(target, weights_only=False)
@@ -70,33 +74,100 @@ def test_checkpoint_is_written_once_to_partial_then_renamed_with_the_extras(tmp_
     assert checkpoint["current_epoch"] == 3 and torch.equal(checkpoint[RECONSTRUCTION_KEY]["r"], torch.zeros(1))
 
 
-def test_checkpoint_save_leaves_other_files_alone_and_the_old_checkpoint_when_it_fails(tmp_path):
+def test_checkpoint_save_leaves_the_old_checkpoint_when_it_fails(tmp_path, monkeypatch):
     target = tmp_path / "checkpoint_best.pth"
-    other = tmp_path / "other.pth"
-    extras_called = []
-
-    def save_and_another(path: str) -> None:
-        torch.save({"x": 1}, str(other))  # a torch.save for another path: untouched
-        torch.save({"network_weights": {}}, path)
-
-    save_checkpoint_atomically(save_and_another, str(target), lambda: (extras_called.append(1), {"extra": 2})[1])
-    assert torch.load(other, weights_only=False) == {"x": 1}
-    assert torch.load(target, weights_only=False) == {"network_weights": {}, "extra": 2} and extras_called == [1]
-    # nothing written (nnU-Net on rank > 0, or checkpointing disabled): no file, extras not even built
-    save_checkpoint_atomically(lambda path: None, str(tmp_path / "none.pth"), lambda: extras_called.append(2))
-    assert not (tmp_path / "none.pth").exists() and extras_called == [1]
-    # an extra entry may not replace one of nnU-Net's; the previous checkpoint stays as it was
-    with pytest.raises(KeyError, match="would replace nnU-Net's own"):
-        save_checkpoint_atomically(_nnunet_like_save([]), str(target), lambda: {"current_epoch": 0})
+    save_checkpoint_atomically({"network_weights": {}}, str(target), {"extra": 2})
+    assert torch.load(target, weights_only=False) == {"network_weights": {}, "extra": 2}
+    # an extra entry may not replace one of nnU-Net's; nothing is written, the previous checkpoint stays
+    with pytest.raises(KeyError, match=r"checkpoint .*checkpoint_best.pth: extra entries \['current_epoch'\] "
+                                       r"would replace nnU-Net's own"):
+        save_checkpoint_atomically({"current_epoch": 3}, str(target), {"current_epoch": 0})
+    assert not Path(f"{target}.partial").exists()
     assert torch.load(target, weights_only=False) == {"network_weights": {}, "extra": 2}
 
-    def killed(path: str) -> None:
-        Path(path).write_bytes(b"trunc")
+    def killed(obj, f, *args, **kwargs) -> None:
+        Path(f).write_bytes(b"trunc")
         raise KeyboardInterrupt
 
+    monkeypatch.setattr(torch, "save", killed)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint_atomically(killed, str(target), None)
+        save_checkpoint_atomically({"network_weights": {"w": torch.ones(1)}}, str(target))
+    monkeypatch.undo()
     assert torch.load(target, weights_only=False) == {"network_weights": {}, "extra": 2}
+
+
+class _Scaler:
+    def state_dict(self) -> dict:
+        return {"scale": 1024.0, "_growth_tracker": 3}
+
+
+class _CheckpointedTrainer(AtomicCheckpointMixin, nnUNetTrainer):
+    """Just what nnUNetTrainer.save_checkpoint reads, without nnU-Net's plans and dataset."""
+
+    def __init__(self, network, is_ddp: bool, grad_scaler, local_rank: int = 0, disable_checkpointing: bool = False):
+        torch.manual_seed(0)
+        core = network.module if is_ddp else network
+        core = getattr(core, "_orig_mod", core)
+        self.network, self.is_ddp, self.grad_scaler = network, is_ddp, grad_scaler
+        self.local_rank, self.disable_checkpointing = local_rank, disable_checkpointing
+        self.optimizer = torch.optim.SGD(core.parameters(), lr=0.1, momentum=0.9)
+        core(torch.ones(2, 3)).sum().backward()
+        self.optimizer.step()  # a momentum buffer in the optimiser's state
+        self.logger = LocalLogger()
+        self.logger.log("train_losses", 0.25, 0)
+        self._best_ema, self.current_epoch = 0.5, 6
+        self.my_init_kwargs = {"plans": {"plans_name": "nnUNetPlans"}, "fold": 0, "device": torch.device("cpu")}
+        self.inference_allowed_mirroring_axes = (0, 2)
+        self.logged, self.extras_built = [], 0
+
+    def print_to_log_file(self, *args, **kwargs) -> None:
+        self.logged.append(" ".join(map(str, args)))
+
+    def checkpoint_extras(self) -> dict[str, object]:
+        self.extras_built += 1
+        return {**super().checkpoint_extras(), RECONSTRUCTION_KEY: {"r": torch.full((2,), 7.0)}}
+
+
+def _plain(value):
+    """``value`` with tensors as (dtype, shape, values), comparable with ``==``."""
+    if isinstance(value, torch.Tensor):
+        return str(value.dtype), tuple(value.shape), value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+@pytest.mark.parametrize("wrap", ["plain", "compiled", "ddp", "ddp_compiled"])
+@pytest.mark.parametrize("grad_scaler", [None, _Scaler()])
+def test_checkpoint_holds_what_the_installed_nnunets_save_checkpoint_writes_and_the_extras(tmp_path, wrap,
+                                                                                           grad_scaler):
+    network = torch.nn.Linear(3, 2)
+    if "compiled" in wrap:
+        network = torch.compile(network)  # an OptimizedModule: its state_dict keys start with _orig_mod.
+    is_ddp = wrap.startswith("ddp")
+    trainer = _CheckpointedTrainer(types.SimpleNamespace(module=network) if is_ddp else network, is_ddp, grad_scaler)
+    nnUNetTrainer.save_checkpoint(trainer, str(tmp_path / "nnunet.pth"))
+    trainer.save_checkpoint(str(tmp_path / "ours.pth"))
+    nnunet = torch.load(tmp_path / "nnunet.pth", weights_only=False)
+    ours = torch.load(tmp_path / "ours.pth", weights_only=False)
+    assert set(nnunet) == {"network_weights", "optimizer_state", "grad_scaler_state", "logging", "_best_ema",
+                           "current_epoch", "init_args", "trainer_name", "inference_allowed_mirroring_axes"}
+    assert set(ours) == set(nnunet) | {RECONSTRUCTION_KEY} and trainer.extras_built == 1
+    assert _plain({k: v for k, v in ours.items() if k != RECONSTRUCTION_KEY}) == _plain(nnunet)
+    assert set(ours["network_weights"]) == {"weight", "bias"} and ours["current_epoch"] == 7
+    assert torch.equal(ours[RECONSTRUCTION_KEY]["r"], torch.full((2,), 7.0))
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_checkpoint_is_not_written_on_other_ranks_nor_with_checkpointing_disabled(tmp_path):
+    for rank, disabled in ((1, False), (0, True)):
+        trainer = _CheckpointedTrainer(torch.nn.Linear(3, 2), False, None, rank, disabled)
+        trainer.save_checkpoint(str(tmp_path / "checkpoint_latest.pth"))
+        # nothing written, the extras not even built; nnU-Net's own line when checkpointing is disabled
+        assert list(tmp_path.iterdir()) == [] and trainer.extras_built == 0
+        assert trainer.logged == (["No checkpoint written, checkpointing is disabled"] if disabled else [])
 
 
 # --- nnUNetTrainerShapeDescriptorsRecon in-process ------------------------------------------------
@@ -119,19 +190,13 @@ class _ReconOff(nnUNetTrainerShapeDescriptorsRecon_debug):
     reconstruction_weight = 0.0
 
 
-def _batch(trainer, loader_class=WholeCaseDataLoader, batch_size: int = 2) -> dict:
-    dataset_tr, _ = trainer.get_tr_and_val_datasets()
-    patch = trainer.configuration_manager.patch_size
-    return next(loader_class(dataset_tr, batch_size, patch, patch, trainer.label_manager, transforms=None))
-
-
 @pytest.mark.parametrize("cls, lam", [(nnUNetTrainerShapeDescriptorsRecon_debug, 0.1), (_ReconHalf, 0.5)])
 def test_recon_loss_is_descriptor_loss_plus_lambda_mse_by_hand(planned, monkeypatch, cls, lam):
     root, _ = planned
     trainer = make_trainer(root, cls, monkeypatch)
     trainer.initialize()
     assert trainer.reconstruction_weight == lam and trainer.reconstruction_weight_map == "uniform"
-    batch = _batch(trainer)
+    batch = first_batch(trainer, WholeCaseDataLoader, 2)
     loss, output, _ = trainer._descriptor_step(batch)
     # recomputed by hand: the same network output, the descriptor loss on its softmax, plain MSE
     data = batch["data"]
@@ -177,7 +242,7 @@ def test_recon_with_lambda_zero_builds_no_reconstruction_network(planned, monkey
     assert trainer.reconstruction_network is None
     assert [id(p) for g in trainer.optimizer.param_groups for p in g["params"]] == [
         id(p) for p in trainer.network.parameters()]
-    batch = _batch(trainer)
+    batch = first_batch(trainer, WholeCaseDataLoader, 2)
     loss, output, _ = trainer._descriptor_step(batch)
     bounds, spacing = trainer._loss_targets(batch)
     assert loss.item() == pytest.approx(trainer.loss(torch.softmax(output.float(), 1), bounds, spacing).item(),
@@ -228,7 +293,7 @@ def test_recon_checkpoint_holds_the_reconstruction_network_and_resumes_it(planne
     root, _ = planned
     trainer = make_trainer(root, nnUNetTrainerShapeDescriptorsRecon_debug, monkeypatch)
     trainer.initialize()
-    trainer.train_step(_batch(trainer))
+    trainer.train_step(first_batch(trainer, WholeCaseDataLoader, 2))
     path = tmp_path / "checkpoint_latest.pth"
     trainer.save_checkpoint(str(path))
     assert not Path(f"{path}.partial").exists()
@@ -256,19 +321,15 @@ def test_recon_end_to_end_train_and_predict(planned):
     trainer = "nnUNetTrainerShapeDescriptorsRecon_debug"
     run_cli(["nnUNetv2_train", "701", "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], train_env(env),
             log=root / f"train_{trainer}.log")
-    fold = root / "nnUNet_results" / DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
-    log = max(fold.glob("training_log_*.txt"), key=lambda p: p.stat().st_mtime_ns).read_text()
+    fold = results_fold(root, DATASET, trainer)
+    log = newest_training_log(fold)
     assert "reconstruction MSE (uniform weights)" in log and "(lambda 0.1)" in log
     assert "descriptor satisfied (val) volume" in log
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == trainer and RECONSTRUCTION_KEY in checkpoint
     assert not any("reconstruction" in k for k in checkpoint["network_weights"])
     assert not list(fold.glob("*.partial"))
-    predictions = root / f"pred_{trainer}"
-    run_cli(["nnUNetv2_predict", "-i", str(root / "nnUNet_raw" / DATASET / "imagesTs"), "-o", str(predictions),
-             "-d", "701", "-c", "3d_fullres", "-f", "0", "-tr", trainer, "-device", "cpu",
-             "-npp", "1", "-nps", "1", "--disable_tta"], env)
-    predicted = sorted(predictions.glob("*.nii.gz"))
+    predicted = predict_test_cases(root, DATASET, trainer, env, root / f"pred_{trainer}")
     assert [p.name for p in predicted] == ["case_005.nii.gz"]
     image = sitk.ReadImage(str(root / "nnUNet_raw" / DATASET / "imagesTs" / "case_005_0000.nii.gz"))
     seg = sitk.ReadImage(str(predicted[0]))
@@ -292,7 +353,7 @@ def test_population_prior_image_aware_loss_adds_the_image_terms_by_hand(oriented
     root, _ = oriented
     trainer = make_trainer(root, nnUNetTrainerShapePopulationPriorImageAware, monkeypatch, dataset=PRIOR_DATASET)
     trainer.initialize()
-    batch = _batch(trainer, FromFileDataLoader, batch_size=1)
+    batch = first_batch(trainer, FromFileDataLoader, 1)
     loss, output, satisfied = trainer._descriptor_step(batch)
     assert "satisfied_relations" in satisfied  # the prior's relations are still there
     prior_loss = trainer.loss.last_result.loss  # the soft output's descriptor + relation loss
@@ -309,25 +370,11 @@ def test_population_prior_image_aware_loss_adds_the_image_terms_by_hand(oriented
 def test_population_prior_image_aware_end_to_end(oriented, tmp_path):  # noqa: F811
     """The real CLIs with every preprocessed label array moved away (the raw labels are placeholders)."""
     root, env = oriented
-    folder = root / "nnUNet_preprocessed" / PRIOR_DATASET / "nnUNetPlans_3d_fullres"
-    moved = tmp_path / "segs"
-    moved.mkdir()
-    for seg in folder.glob("*_seg.*"):
-        shutil.move(str(seg), moved / seg.name)
     trainer = "nnUNetTrainerShapePopulationPriorImageAware_debug"
-    try:
-        run_cli(["nnUNetv2_train", str(PRIOR_DATASET_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"],
-                train_env(env), log=root / "train_prior_image_aware.log")
-    finally:
-        for seg in moved.iterdir():
-            shutil.move(str(seg), folder / seg.name)
-    results = root / "nnUNet_results" / PRIOR_DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
+    results = train_without_label_arrays(root, PRIOR_DATASET, trainer, env, root / "train_prior_image_aware.log",
+                                         tmp_path / "segs")
     assert (results / "checkpoint_best.pth").is_file() and (results / "checkpoint_final.pth").is_file()
     assert (results / "validation" / "prior_satisfaction.json").is_file()
-    log = next(results.glob("training_log_*.txt")).read_text()
+    log = newest_training_log(results)
     assert "population prior:" in log and "prior relations satisfied (val)" in log
-    predictions = root / "pred_prior_image_aware"
-    run_cli(["nnUNetv2_predict", "-i", str(root / "nnUNet_raw" / PRIOR_DATASET / "imagesTs"), "-o",
-             str(predictions), "-d", str(PRIOR_DATASET_ID), "-c", "3d_fullres", "-f", "0", "-tr", trainer,
-             "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta"], env)
-    assert len(list(predictions.glob("*.nii.gz"))) == 1
+    assert len(predict_test_cases(root, PRIOR_DATASET, trainer, env, root / "pred_prior_image_aware")) == 1

@@ -10,9 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 from e2e_helpers import make_trainer, run_cli, train_env
+from weaknet_helpers import (  # noqa: F401 (with_templates_fixture: the fixture with_templates)
+    DATASET,
+    labels_replaced,
+    predict_test_case,
+    template_array,
+    with_templates_fixture,
+    zero_image_like,
+)
 
 from nnunet_shape.core.reconstruction import (
     WeightedMSELoss,
@@ -20,9 +27,6 @@ from nnunet_shape.core.reconstruction import (
     distance_to_other_label_mm,
     weighted_mse,
 )
-
-DATASET = "Dataset701_Tiny"
-
 
 # --- the loss pieces, by hand ------------------------------------------------------------------
 
@@ -128,8 +132,9 @@ def test_every_weaknet_variant_is_an_explicit_class_that_nnunet_finds(monkeypatc
     from nnunet_shape.cli import trainers_directory
 
     monkeypatch.setenv("nnUNet_extTrainer", trainers_directory())
-    names = {f"{base}{suffix}": (base, schedule) for base in ("nnUNetTrainerWeakNet", "nnUNetTrainerWeakNetNoRecon")
-             for suffix, schedule in SCHEDULES.items()}
+    bases = ("nnUNetTrainerWeakNet", "nnUNetTrainerWeakNetNoRecon", "nnUNetTrainerWeakNetWholeScan",
+             "nnUNetTrainerWeakNetWholeScanNoRecon")
+    names = {f"{base}{suffix}": (base, schedule) for base in bases for suffix, schedule in SCHEDULES.items()}
     assert set(weaknet.TRAINER_NAMES) == set(names)
     for name, (base_name, schedule) in names.items():
         cls = recursive_find_trainer_class_by_name(name)
@@ -140,28 +145,13 @@ def test_every_weaknet_variant_is_an_explicit_class_that_nnunet_finds(monkeypatc
             assert cls.reconstruction_weight == getattr(weaknet, base_name).reconstruction_weight
     assert weaknet.nnUNetTrainerWeakNetNoRecon.reconstruction_weight == 0.0
     assert weaknet.nnUNetTrainerWeakNet.reconstruction_weight > 0
+    assert weaknet.nnUNetTrainerWeakNetWholeScanNoRecon.reconstruction_weight == 0.0
+    assert weaknet.nnUNetTrainerWeakNetWholeScan.reconstruction_weight > 0
 
 
 # --- on the tiny planned dataset: templates, not labels ---------------------------------------------
 
-@pytest.fixture(scope="module")
-def with_templates(planned):
-    """The session's Dataset701_Tiny with simulated points and fitted templates (templatesTr)."""
-    from nnunet_shape.cli import main
-
-    root, env = planned
-    raw = root / "nnUNet_raw" / DATASET
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("nnUNet_raw", str(root / "nnUNet_raw"))
-        if not (raw / "templatesTr").is_dir():
-            assert main(["simulate-points", "-d", "701", "-n", "12", "--seed", "0"]) == 0
-            assert main(["fit-templates", "-d", "701"]) == 0
-    return root, env
-
-
-def _template(root: Path, case: str) -> np.ndarray:
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(root / "nnUNet_raw" / DATASET / "templatesTr" / f"{case}.nii.gz")))
-
+# the fixture with_templates (the session's Dataset701_Tiny with fitted templates) is in weaknet_helpers
 
 def test_trainer_trains_on_templates_and_labels_do_not_matter(with_templates, monkeypatch, tmp_path):
     import blosc2
@@ -182,7 +172,7 @@ def test_trainer_trains_on_templates_and_labels_do_not_matter(with_templates, mo
 
     for case in cases:
         # the tiny dataset is neither cropped nor resampled: the trainer's targets are the template itself
-        assert np.array_equal(seg(folder, case)[0], _template(root, case)), case
+        assert np.array_equal(seg(folder, case)[0], template_array(root, case)), case
         assert not np.array_equal(seg(folder, case), seg(original, case)), case  # and not the labels
         assert np.array_equal(np.asarray(blosc2.open(str(folder / f"{case}.b2nd"), mode="r")[:]),
                               np.asarray(blosc2.open(str(original / f"{case}.b2nd"), mode="r")[:]))
@@ -194,24 +184,11 @@ def test_trainer_trains_on_templates_and_labels_do_not_matter(with_templates, mo
     dataset_tr, _ = trainer.get_tr_and_val_datasets()
     assert Path(dataset_tr.source_folder) == folder
     _, loaded_seg, _, _ = dataset_tr.load_case(tr_keys[0])
-    assert np.array_equal(np.asarray(loaded_seg)[0], _template(root, tr_keys[0]))
+    assert np.array_equal(np.asarray(loaded_seg)[0], template_array(root, tr_keys[0]))
 
     # labels changed (raw labelsTr and the preprocessed labels of nnU-Net): the training data is the same
     before = {case: seg(folder, case) for case in cases}
-    labels_dir = root / "nnUNet_raw" / DATASET / "labelsTr"
-    backups = {}
-    try:
-        for case in cases:
-            path = labels_dir / f"{case}.nii.gz"
-            backups[path] = path.read_bytes()
-            image = sitk.ReadImage(str(path))
-            zeros = sitk.GetImageFromArray(np.zeros_like(sitk.GetArrayFromImage(image)))
-            zeros.CopyInformation(image)
-            sitk.WriteImage(zeros, str(path))
-        for source in original.glob("*_seg.b2nd"):
-            backups[source] = source.read_bytes()
-        for source in original.glob("*_seg.b2nd"):
-            source.unlink()
+    with labels_replaced(root, cases, original):
         # also with every prepared case dropped: they are rebuilt from the templates alone
         for stale in folder.glob("*"):
             stale.unlink()
@@ -219,18 +196,12 @@ def test_trainer_trains_on_templates_and_labels_do_not_matter(with_templates, mo
         assert again.prepare_templates() == cases
         for case in cases:
             assert np.array_equal(seg(folder, case), before[case]), case
-    finally:
-        for path, content in backups.items():
-            path.write_bytes(content)
 
     # a changed template is preprocessed again; unchanged ones are kept
     template_path = root / "nnUNet_raw" / DATASET / "templatesTr" / "case_000.nii.gz"
     saved = template_path.read_bytes()
     try:
-        image = sitk.ReadImage(str(template_path))
-        zeros = sitk.GetImageFromArray(np.zeros_like(sitk.GetArrayFromImage(image)))
-        zeros.CopyInformation(image)
-        sitk.WriteImage(zeros, str(template_path))
+        zero_image_like(template_path)
         kept = (folder / "case_001_seg.b2nd").stat().st_mtime_ns
         make_trainer(root, nnUNetTrainerWeakNet_debug, monkeypatch).prepare_templates()
         assert not seg(folder, "case_000").any()
@@ -321,15 +292,6 @@ def test_weaknet_end_to_end_train_and_predict(with_templates):
     assert not any("reconstruction" in k for k in checkpoint["network_weights"])
     assert "reconstruction_network_weights" in checkpoint
     assert checkpoint["trainer_name"] == trainer
-    predictions = root / f"pred_{trainer}"
-    run_cli(["nnUNetv2_predict", "-i", str(root / "nnUNet_raw" / DATASET / "imagesTs"), "-o", str(predictions),
-             "-d", "701", "-c", "3d_fullres", "-f", "0", "-tr", trainer, "-device", "cpu",
-             "-npp", "1", "-nps", "1", "--disable_tta"], env)
-    predicted = sorted(predictions.glob("*.nii.gz"))
-    assert [p.name for p in predicted] == ["case_005.nii.gz"]
-    image = sitk.ReadImage(str(root / "nnUNet_raw" / DATASET / "imagesTs" / "case_005_0000.nii.gz"))
-    seg = sitk.ReadImage(str(predicted[0]))
-    assert seg.GetSize() == image.GetSize() and np.allclose(seg.GetOrigin(), image.GetOrigin())
-    assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
+    predict_test_case(root, env, trainer)
     assert json.loads((fold.parent / "plans.json").read_text())["configurations"]["3d_fullres"]["architecture"][
         "network_class_name"].endswith("PlainConvUNet")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from e2e_helpers import make_trainer
+from e2e_helpers import first_batch, make_trainer, newest_training_log, results_fold
 
 import nnunet_shape.nnunet.training.from_file as from_file
 import nnunet_shape.nnunet.training.population_prior as population_prior
@@ -124,6 +124,7 @@ BASE_TRAINER_MODULES = {
     "nnUNetTrainerShapeDescriptorsVCDS": shape_trainers,
     "nnUNetTrainerShapeDescriptorsGrowingT": shape_trainers,
     "nnUNetTrainerShapeDescriptorsImageAware": shape_trainers,
+    "nnUNetTrainerShapeDescriptorsIntensity": shape_trainers,
     "nnUNetTrainerShapeFullSupervision": shape_trainers,
     "nnUNetTrainerShapeDescriptorsFromFile": from_file,
     "nnUNetTrainerShapePopulationPrior": population_prior,
@@ -141,7 +142,7 @@ SCHEDULE_ATTRIBUTES = ("training_epochs", "iterations_per_epoch", "val_iteration
 def test_every_trainer_name_is_an_explicit_class_that_nnunet_finds_with_its_schedule(monkeypatch):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    assert len(ALL_TRAINERS) == 60
+    assert len(ALL_TRAINERS) == 66
     # exported by the library modules (the trainers folder re-exports exactly these)
     assert (set(shape_trainers.TRAINER_NAMES) | set(from_file.TRAINER_NAMES)
             | set(population_prior.TRAINER_NAMES) | set(shape_reconstruction.TRAINER_NAMES)) == set(ALL_TRAINERS)
@@ -167,16 +168,43 @@ def test_every_trainer_name_is_an_explicit_class_that_nnunet_finds_with_its_sche
             assert inspect.getattr_static(cls, attribute) == inspect.getattr_static(base, attribute), (name, attribute)
 
 
+def test_trainer_names_are_the_nnunet_trainers_a_module_defines_in_order():
+    import types
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_shape.nnunet.training.variants import DebugSchedule, trainer_names
+
+    module = types.ModuleType("some_trainers")
+
+    def define(name: str, *bases: type) -> None:
+        setattr(module, name, type(name, bases, {"__module__": module.__name__}))
+
+    # imported: nnU-Net's trainer, a trainer built on, a schedule; defined: trainers and non-trainers
+    module.nnUNetTrainer = nnUNetTrainer
+    module.nnUNetTrainerShapeDescriptors = nnUNetTrainerShapeDescriptors
+    module.DebugSchedule = DebugSchedule
+    module.LIMIT = 3
+    define("SomeLoader")
+    define("nnUNetTrainerB", nnUNetTrainerShapeDescriptors)
+    define("SomeMixin", DebugSchedule)
+    define("nnUNetTrainerA", nnUNetTrainer)
+    define("nnUNetTrainerB_debug", DebugSchedule, module.nnUNetTrainerB)
+    assert trainer_names(vars(module)) == ("nnUNetTrainerB", "nnUNetTrainerA", "nnUNetTrainerB_debug")
+    # a real module: its trainer and the five lengths, not the imported nnUNetTrainerShapeDescriptors
+    recon = "nnUNetTrainerShapeDescriptorsRecon"
+    assert trainer_names(vars(shape_reconstruction)) == shape_reconstruction.TRAINER_NAMES == (
+        recon, f"{recon}_5epochs", f"{recon}_50epochs", f"{recon}_250epochs", f"{recon}_demo", f"{recon}_debug")
+    assert shape_reconstruction.nnUNetTrainerShapeDescriptors is nnUNetTrainerShapeDescriptors
+
+
 def test_label_trainer_hands_the_loss_bounds_from_the_label_map(planned, monkeypatch):
     """The one target path of the label trainers: the augmented label map -> descriptor bounds
     (+-10 % volume) in the case's preprocessed spacing -> the loss, always as DescriptorBounds."""
     root, _ = planned
     trainer = make_trainer(root, nnUNetTrainerShapeDescriptors, monkeypatch)
     trainer.initialize()
-    dataset_tr, _ = trainer.get_tr_and_val_datasets()
-    patch = trainer.configuration_manager.patch_size
-    loader = WholeCaseDataLoader(dataset_tr, 2, patch, patch, trainer.label_manager, transforms=None)
-    batch = next(loader)
+    batch = first_batch(trainer, WholeCaseDataLoader, 2)
     bounds, spacing = trainer._loss_targets(batch)
     assert isinstance(bounds, DescriptorBounds)
     # Dataset701_Tiny: (z, y, x) spacing (2, 1, 1) everywhere, so nothing is resampled
@@ -363,8 +391,8 @@ def test_image_aware_trainer_end_to_end_through_nnunetv2_train(planned):
     trainer = "nnUNetTrainerShapeDescriptorsImageAware_debug"
     run_cli(["nnUNetv2_train", "701", "3d_fullres", "0", "-tr", trainer, "-device", "cpu"],
             {**train_env(env), "nnUNetShape_seed": "0"}, log=root / f"train_{trainer}.log")
-    fold = root / "nnUNet_results" / "Dataset701_Tiny" / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
-    log = next(fold.glob("training_log_*.txt")).read_text()
+    fold = results_fold(root, DATASET, trainer)
+    log = newest_training_log(fold)
     assert "seed: 0 (from nnUNetShape_seed)" in log
     assert "hard-prediction satisfied (val) volume" in log and "soft-hard gap" in log
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -470,9 +498,7 @@ def test_descriptor_train_step_queues_forward_loss_and_backward_without_host_rou
     root, _ = planned
     trainer = make_trainer(root, nnUNetTrainerShapeDescriptors, monkeypatch, device=str(device))
     trainer.initialize()
-    dataset_tr, _ = trainer.get_tr_and_val_datasets()
-    patch = trainer.configuration_manager.patch_size
-    batch = next(WholeCaseDataLoader(dataset_tr, 2, patch, patch, trainer.label_manager, transforms=None))
+    batch = first_batch(trainer, WholeCaseDataLoader, 2)
     trainer.train_step(batch)  # the first step reads each case's spacing from disk once (cached after)
 
     calls: list[str] = []

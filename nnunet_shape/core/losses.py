@@ -562,7 +562,10 @@ class ShapeDescriptorLoss(nn.Module):
         spacing: SpacingLike = None,
         *,
         return_result: bool = False,
+        values: Mapping[str, Tensor] | None = None,
     ) -> Tensor | ShapeLossResult:
+        """``values``: passed to :func:`shape_descriptor_loss` (e.g. the intensity statistics that
+        intensity relations among ``priors`` read, :func:`nnunet_shape.core.intensity.intensity_values`)."""
         self.label_check.poll()
         if isinstance(target, Tensor) and target.ndim >= 1 and target.shape[0] != probs.shape[0]:
             raise ValueError(
@@ -582,6 +585,7 @@ class ShapeDescriptorLoss(nn.Module):
             include_background=self.include_background,
             priors=self.priors,
             reduction=self.reduction,
+            values=values,
             scale_mode=self.scale_mode,
         )
         self.last_result = result.detach()

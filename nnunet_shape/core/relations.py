@@ -20,6 +20,11 @@ frame to that frame.
 * :class:`NestedCentroid` -- ``|C_inner[d] - C_outer[d]| <= factor * spread_outer[d]`` per
   axis: the inner class's centroid lies within ``factor`` standard deviations of the outer
   class's mass.
+* :class:`IntensityOrder` -- ``mean_brighter[c] - mean_darker[c] >= min_difference``: class a is
+  brighter than class b in image channel c (soft class means of
+  :func:`~nnunet_shape.core.intensity.class_intensity`, passed to the loss as
+  ``values=intensity_values(probs, image)``; in the image's units, z-score units for nnU-Net's
+  normalised image, so ``min_difference`` counts standard deviations of the image).
 
 Bounds given as ``nan`` or ``+-inf`` leave that side unconstrained. A relation is inactive
 in cases where one of its classes is absent (``PriorContext.present``).
@@ -30,6 +35,8 @@ at half a voxel (offsets) or 1e-3 (ratios) -- the rule of the descriptor bounds 
 :mod:`nnunet_shape.core.losses`. ``"natural"``: the image extent per axis (offsets), the
 interval midpoint (ratios). :class:`NestedCentroid`'s interval moves with the prediction,
 so its scale is fixed: 10 % of the image extent per axis (at least half a voxel).
+:class:`IntensityOrder` is one-sided: 10 % of ``min_difference``, at least
+:data:`~nnunet_shape.core.intensity.INTENSITY_SCALE_FLOOR` (0.1 normalised units).
 """
 
 from __future__ import annotations
@@ -44,9 +51,10 @@ from torch import Tensor
 from nnunet_shape.core.barrier import extended_log_barrier
 from nnunet_shape.core.bounds import DEFAULT_RELATIVE_MARGIN, RESOLUTION_FLOOR
 from nnunet_shape.core.descriptors import DESCRIPTOR_NAMES, class_ratio
+from nnunet_shape.core.intensity import INTENSITY_SCALE_FLOOR, INTENSITY_VALUE_KEYS
 from nnunet_shape.core.priors import PriorContext, PriorPenalty, prior_status
 
-__all__ = ["CentroidOffset", "DescriptorRatio", "NestedCentroid", "Relation", "RATIO_DESCRIPTORS"]
+__all__ = ["CentroidOffset", "DescriptorRatio", "IntensityOrder", "NestedCentroid", "Relation", "RATIO_DESCRIPTORS"]
 
 RATIO_DESCRIPTORS = ("volume", "surface", "spread")
 #: smallest scale of a ratio constraint (ratios are unit-free)
@@ -254,4 +262,51 @@ class NestedCentroid:
         return prior_status(psi, active, ok, (self.inner, self.outer), ctx)
 
 
-Relation = CentroidOffset | DescriptorRatio | NestedCentroid
+@dataclass(frozen=True)
+class IntensityOrder:
+    """``mean_brighter[channel] - mean_darker[channel] >= min_difference``: "class a is brighter than b".
+
+    The soft class means come from the loss's ``values["intensity_mean"]`` (B, K, C)
+    (:func:`~nnunet_shape.core.intensity.intensity_values`); ``min_difference`` is in the image's
+    units (>= 0; for nnU-Net's z-scored image: standard deviations of the image).
+    """
+
+    brighter: int
+    darker: int
+    channel: int = 0
+    min_difference: float = 0.0
+
+    def __post_init__(self) -> None:
+        where = f"IntensityOrder({self.brighter} brighter than {self.darker}, channel {self.channel})"
+        if self.brighter == self.darker:
+            raise ValueError(f"{where}: the two classes must differ")
+        if not (math.isfinite(self.min_difference) and self.min_difference >= 0):
+            raise ValueError(f"{where}: min_difference must be finite and >= 0, got {self.min_difference}")
+        if self.channel < 0:
+            raise ValueError(f"{where}: channel must be >= 0, got {self.channel}")
+
+    @property
+    def name(self) -> str:
+        return f"relation_intensity_order_{self.brighter}_{self.darker}_c{self.channel}"
+
+    @property
+    def required_descriptors(self) -> tuple[str, ...]:
+        return ()  # not a shape descriptor: the caller passes the means as values
+
+    def penalty(self, ctx: PriorContext) -> PriorPenalty:
+        key = INTENSITY_VALUE_KEYS["mean"]
+        if key not in ctx.values:
+            raise ValueError(f"{self.name}: the loss has no {key!r} values; call "
+                             f"shape_descriptor_loss(..., values=intensity_values(probs, image))")
+        mean = ctx.values[key]  # (B, K, C)
+        if self.channel >= mean.shape[2]:
+            raise ValueError(f"{self.name}: channel {self.channel}, but the image has {mean.shape[2]} channel(s)")
+        difference = (mean[:, self.brighter, self.channel] - mean[:, self.darker, self.channel]).unsqueeze(1)
+        low, high = (float(self.min_difference),), (math.inf,)
+        scale = _half_width(low, high, INTENSITY_SCALE_FLOOR, difference)
+        both = _both_present(ctx, self.brighter, self.darker)
+        psi, active, ok = _interval_barrier(difference, low, high, scale, ctx.t, both)
+        return prior_status(psi, active, ok, (self.brighter, self.darker), ctx)
+
+
+Relation = CentroidOffset | DescriptorRatio | NestedCentroid | IntensityOrder

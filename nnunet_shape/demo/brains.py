@@ -48,7 +48,6 @@ import argparse
 import functools
 import importlib.util
 import math
-import multiprocessing
 import os
 import sys
 from collections.abc import Sequence
@@ -57,13 +56,22 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_shape.demo.phantoms import case_seed
+from nnunet_shape.demo.dataset_writer import (
+    SPLIT_FOLDERS,
+    add_dataset_writer_arguments,
+    add_name_and_processes_arguments,
+    make_split_folders,
+    write_cases,
+    write_image_atomic,
+)
 from nnunet_shape.errors import UserError, prepare_output_folder
 
 __all__ = [
     "TISSUE_LABELS",
     "HEMISPHERE_LABELS",
     "PROBABILITY_THRESHOLD",
+    "ARRAY_AXES",
+    "DEFAULT_SPACING_MM",
     "TEMPLATE_FILES",
     "INSTALL_HINT",
     "BrainSubject",
@@ -73,6 +81,7 @@ __all__ = [
     "hemisphere_labels",
     "sample_subject",
     "output_grid",
+    "check_spacing",
     "subject_transform",
     "render_brain",
     "generate_case",
@@ -101,6 +110,11 @@ INSTALL_HINT = "pip install nilearn  (or: pip install 'nnunet-shape[anatomy]')"
 ELASTIC_MESH = 4
 #: spacing_mm accepted by the writer (the template has 1 mm voxels; 20 mm leaves 10 x 12 x 10 voxels)
 SPACING_RANGE_MM = (1.0, 20.0)
+DEFAULT_SPACING_MM = 5.0
+#: the anatomical axis along each array axis ``(z, y, x)`` of every case: the files keep the
+#: template's RAS+ direction (SimpleITK direction diag(-1, -1, 1): index x runs along LR, y along
+#: AP, z along SI), which the per-case transforms rotate by 6 degrees at most
+ARRAY_AXES: tuple[str, str, str] = ("SI", "AP", "LR")
 
 Vec3 = tuple[float, float, float]
 
@@ -328,7 +342,8 @@ def _bias_field(rng: np.random.Generator, shape: Sequence[int], amplitude: float
     return np.exp(amplitude * field).astype(np.float32)
 
 
-def _check_spacing(spacing_mm: float, what: str) -> float:
+def check_spacing(spacing_mm: float, what: str) -> float:
+    """``spacing_mm`` as a float; UserError starting with ``what`` unless within :data:`SPACING_RANGE_MM`."""
     spacing_mm = float(spacing_mm)
     low, high = SPACING_RANGE_MM
     if not low <= spacing_mm <= high:
@@ -337,7 +352,7 @@ def _check_spacing(spacing_mm: float, what: str) -> float:
     return spacing_mm
 
 
-def render_brain(subject: BrainSubject, spacing_mm: float = 5.0, hemispheres: bool = False):
+def render_brain(subject: BrainSubject, spacing_mm: float = DEFAULT_SPACING_MM, hemispheres: bool = False):
     """One case: ``(image, labels)`` as SimpleITK images on :func:`output_grid` (float32 / uint8).
 
     Pure: the same subject, spacing and label set give the same voxels (random fields come from
@@ -345,7 +360,7 @@ def render_brain(subject: BrainSubject, spacing_mm: float = 5.0, hemispheres: bo
     """
     import SimpleITK as sitk
 
-    spacing_mm = _check_spacing(spacing_mm, "render_brain")
+    spacing_mm = check_spacing(spacing_mm, "render_brain")
     rng = np.random.default_rng(subject.field_seed)
     grid = output_grid(spacing_mm)
     transform = subject_transform(subject, rng)
@@ -364,7 +379,8 @@ def render_brain(subject: BrainSubject, spacing_mm: float = 5.0, hemispheres: bo
     return written, labels
 
 
-def generate_case(seed: int, spacing_mm: float = 5.0, hemispheres: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def generate_case(seed: int, spacing_mm: float = DEFAULT_SPACING_MM,
+                  hemispheres: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One case from an integer seed: ``(image float32, labels uint8)`` arrays in ``(z, y, x)`` order."""
     import SimpleITK as sitk
 
@@ -377,21 +393,15 @@ def generate_case(seed: int, spacing_mm: float = 5.0, hemispheres: bool = False)
 # ----------------------------------------------------------------------------------------
 
 
-def _write_image(image, path: Path) -> None:
-    import SimpleITK as sitk
-
-    temporary = path.with_name(".tmp_" + path.name)
-    sitk.WriteImage(image, str(temporary), True)
-    os.replace(temporary, path)
-
-
 def _write_case(job: tuple[str, str, str, int, float, bool]) -> dict:
+    """One case of :func:`~nnunet_shape.demo.dataset_writer.write_cases`: render and write it,
+    return its record (split, seed, subject)."""
     folder, case_id, split, seed, spacing_mm, hemispheres = job
     subject = sample_subject(np.random.default_rng(seed))
     image, labels = render_brain(subject, spacing_mm, hemispheres)
-    images, label_dir = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
-    _write_image(image, Path(folder) / images / f"{case_id}_0000.nii.gz")
-    _write_image(labels, Path(folder) / label_dir / f"{case_id}.nii.gz")
+    images, label_dir = SPLIT_FOLDERS[split]
+    write_image_atomic(image, Path(folder) / images / f"{case_id}_0000.nii.gz")
+    write_image_atomic(labels, Path(folder) / label_dir / f"{case_id}.nii.gz")
     return {"split": split, "seed": seed, "subject": asdict(subject)}
 
 
@@ -402,7 +412,7 @@ def write_brain_dataset(
     seed: int,
     dataset_id: int,
     name: str = "BrainMNI",
-    spacing_mm: float = 5.0,
+    spacing_mm: float = DEFAULT_SPACING_MM,
     hemispheres: bool = False,
     num_processes: int = 1,
 ) -> Path:
@@ -412,7 +422,7 @@ def write_brain_dataset(
     ``T1``), ``imagesTr/brain_XXX_0000.nii.gz``, ``labelsTr/brain_XXX.nii.gz``, ``imagesTs`` /
     ``labelsTs`` (test cases numbered after the training cases) and ``brain_parameters.json``
     (settings, the label rule, every case's seed and subject). Case ``i`` of a split depends only
-    on ``seed``, the split and ``i`` (:func:`~nnunet_shape.demo.phantoms.case_seed`), not on how
+    on ``seed``, the split and ``i`` (:func:`~nnunet_shape.demo.dataset_writer.case_seed`), not on how
     many cases are written. Returns the dataset folder.
     """
     from importlib.metadata import PackageNotFoundError, version
@@ -426,21 +436,11 @@ def write_brain_dataset(
                         f"n_test={n_test}")
     if not 1 <= dataset_id <= 999:
         raise UserError(f"write_brain_dataset: dataset_id must be 1..999, got {dataset_id}")
-    spacing_mm = _check_spacing(spacing_mm, "write_brain_dataset")
+    spacing_mm = check_spacing(spacing_mm, "write_brain_dataset")
     paths = template_files()  # fail before writing anything
     folder = prepare_output_folder(raw_root, "nnUNet_raw folder") / f"Dataset{dataset_id:03d}_{name}"
-    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-
-    jobs = [(str(folder), f"brain_{i:03d}", "train", case_seed(seed, i, "train"), spacing_mm, hemispheres)
-            for i in range(n_train)]
-    jobs += [(str(folder), f"brain_{n_train + j:03d}", "test", case_seed(seed, j, "test"), spacing_mm, hemispheres)
-             for j in range(n_test)]
-    if num_processes > 1:
-        with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
-            records = pool.map(_write_case, jobs, chunksize=1)
-    else:
-        records = [_write_case(job) for job in jobs]
+    make_split_folders(folder)
+    cases = write_cases(folder, "brain", n_train, n_test, seed, _write_case, (spacing_mm, hemispheres), num_processes)
 
     labels = HEMISPHERE_LABELS if hemispheres else TISSUE_LABELS
     generate_dataset_json(
@@ -479,7 +479,7 @@ def write_brain_dataset(
                        f"p_wm >= {PROBABILITY_THRESHOLD} and p_wm > p_gm, else background (p = map / its max)"
                        + ("; left hemisphere = world LPS x > 0 (RAS x < 0) of the template" if hemispheres else "")),
         "world_axes": "LPS (SimpleITK); files are written with the template's direction (RAS+ NIfTI)",
-        "cases": {job[1]: record for job, record in zip(jobs, records)},
+        "cases": cases,
     })
     return folder
 
@@ -491,17 +491,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Write deformed copies of the MNI ICBM152 brain template (T1, gray/white matter labels; "
                     "shipped with nilearn, nothing downloaded) as an nnU-Net raw dataset (RAW/DatasetXXX_NAME).",
     )
-    parser.add_argument("-o", "--output", required=True, help="nnUNet_raw folder to write into")
-    parser.add_argument("-d", "--dataset-id", type=int, required=True, help="dataset id (1..999)")
-    parser.add_argument("-n", "--n-train", type=int, required=True, help="training cases")
-    parser.add_argument("--n-test", type=int, required=True, help="test cases")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-    parser.add_argument("--spacing", type=float, default=5.0,
-                        help="isotropic voxel size in mm (default 5: 40 x 47 x 38 voxels)")
+    add_dataset_writer_arguments(parser, dataset_id=None, n_train=None, n_test=None)
+    parser.add_argument("--spacing", type=float, default=DEFAULT_SPACING_MM,
+                        help=f"isotropic voxel size in mm (default {DEFAULT_SPACING_MM:g}: 40 x 47 x 38 voxels)")
     parser.add_argument("--hemispheres", action="store_true",
                         help="four classes: left/right (patient's) x gray/white matter")
-    parser.add_argument("--name", default="BrainMNI", help="dataset name (default BrainMNI)")
-    parser.add_argument("--np", dest="num_processes", type=int, default=1, help="worker processes (default 1)")
+    add_name_and_processes_arguments(parser, "BrainMNI")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     folder = write_brain_dataset(
         args.output, n_train=args.n_train, n_test=args.n_test, seed=args.seed, dataset_id=args.dataset_id,

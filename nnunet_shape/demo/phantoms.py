@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import os
 import sys
 from collections.abc import Sequence
@@ -38,10 +37,21 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_shape.demo.dataset_writer import (
+    SPLIT_FOLDERS,
+    add_dataset_writer_arguments,
+    add_name_and_processes_arguments,
+    case_seed,
+    make_split_folders,
+    write_cases,
+    write_image_atomic,
+)
+
 __all__ = [
     "LABELS",
     "DEFAULT_SHAPE",
     "DEFAULT_SPACING",
+    "ARRAY_AXES",
     "VOLUME_FRACTION_RANGES",
     "MRAppearance",
     "KneeAnatomy",
@@ -61,8 +71,11 @@ LABELS: dict[str, int] = {
     "tibia": 3,
     "tibial_cartilage": 4,
 }
-#: raw array axis along which the femur lies above the tibia (array order (z, y, x) = (ML, SI, AP))
-SUPERIOR_INFERIOR_AXIS = 1
+#: the anatomical axis along each array axis (z, y, x): medial-lateral (the knee's left-right axis),
+#: superior-inferior, anterior-posterior
+ARRAY_AXES: tuple[str, str, str] = ("LR", "SI", "AP")
+#: raw array axis along which the femur lies above the tibia
+SUPERIOR_INFERIOR_AXIS = ARRAY_AXES.index("SI")
 DEFAULT_SHAPE: tuple[int, int, int] = (40, 64, 64)
 DEFAULT_SPACING: tuple[float, float, float] = (1.4, 0.7, 0.7)
 DEFAULT_FOV_MM: tuple[float, float, float] = tuple(
@@ -579,18 +592,6 @@ def render_knee(
     return image.astype(np.float32), labels
 
 
-def case_seed(seed: int, index: int, split: str = "train") -> int:
-    """Seed of case ``index`` of a dataset (independent of how many cases are written).
-
-    Training and test cases use separate streams, so changing ``n_train`` leaves the test
-    cases unchanged.
-    """
-    if split not in ("train", "test"):
-        raise ValueError(f"case_seed: split must be 'train' or 'test', got {split!r}")
-    stream = 0 if split == "train" else 1
-    return int(np.random.SeedSequence([int(seed), stream, int(index)]).generate_state(1)[0])
-
-
 def generate_case(
     seed: int,
     shape: Sequence[int] = DEFAULT_SHAPE,
@@ -615,16 +616,16 @@ def _write_nifti(array: np.ndarray, spacing: Sequence[float], path: Path) -> Non
     # world (0, 0, 0) at the centre of the field of view, identity direction
     image.SetOrigin(tuple(-0.5 * (n - 1) * s for n, s in zip(array.shape[::-1], spacing[::-1])))
     image.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    temporary = path.with_name(".tmp_" + path.name)
-    sitk.WriteImage(image, str(temporary), True)
-    os.replace(temporary, path)
+    write_image_atomic(image, path)
 
 
 def _write_case(job: tuple[str, str, str, int, tuple[int, ...], tuple[float, ...]]) -> dict:
+    """One case of :func:`~nnunet_shape.demo.dataset_writer.write_cases`: render and write it,
+    return its record (split, seed, anatomy)."""
     folder, case_id, split, seed, shape, spacing = job
     anatomy = sample_anatomy(np.random.default_rng(seed))
     image, labels = render_knee(anatomy, shape, spacing)
-    images, label_dir = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
+    images, label_dir = SPLIT_FOLDERS[split]
     _write_nifti(image, spacing, Path(folder) / images / f"{case_id}_0000.nii.gz")
     _write_nifti(labels, spacing, Path(folder) / label_dir / f"{case_id}.nii.gz")
     return {"split": split, "seed": seed, "anatomy": asdict(anatomy)}
@@ -660,18 +661,8 @@ def write_phantom_dataset(
     shape = tuple(int(n) for n in shape)
     spacing = tuple(float(s) for s in spacing)
     folder = Path(raw_dir) / f"Dataset{dataset_id:03d}_{name}"
-    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-
-    jobs = [(str(folder), f"knee_{i:03d}", "train", case_seed(seed, i, "train"), shape, spacing)
-            for i in range(n_train)]
-    jobs += [(str(folder), f"knee_{n_train + j:03d}", "test", case_seed(seed, j, "test"), shape,
-              spacing) for j in range(n_test)]
-    if num_processes > 1:
-        with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
-            records = pool.map(_write_case, jobs, chunksize=1)
-    else:
-        records = [_write_case(job) for job in jobs]
+    make_split_folders(folder)
+    cases = write_cases(folder, "knee", n_train, n_test, seed, _write_case, (shape, spacing), num_processes)
 
     generate_dataset_json(
         str(folder),
@@ -695,7 +686,7 @@ def write_phantom_dataset(
         "spacing_zyx_mm": list(spacing),
         "axis_order": "array (z, y, x) = (medial-lateral, superior-inferior, anterior-posterior)",
         "anatomy_scale": anatomy_scale(shape, spacing),
-        "cases": {job[1]: record for job, record in zip(jobs, records)},
+        "cases": cases,
     }
     temporary = folder / ".tmp_phantom_parameters.json"
     temporary.write_text(json.dumps(parameters, indent=1))
@@ -710,18 +701,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Write synthetic knee MR phantoms as an nnU-Net raw dataset "
         "(RAW_DIR/DatasetXXX_NAME).",
     )
-    parser.add_argument("-o", "--output", required=True, help="nnUNet_raw folder to write into")
-    parser.add_argument("-n", "--n-train", type=int, default=20, help="training cases (default 20)")
-    parser.add_argument("--n-test", type=int, default=5, help="test cases (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-    parser.add_argument("-d", "--dataset-id", type=int, default=701, help="dataset id (default 701)")
-    parser.add_argument("--name", default="KneePhantom", help="dataset name (default KneePhantom)")
+    add_dataset_writer_arguments(parser, dataset_id=701, n_train=20, n_test=5)
     parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"),
                         default=list(DEFAULT_SHAPE), help="array shape (default 40 64 64)")
     parser.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
                         default=list(DEFAULT_SPACING), help="voxel spacing in mm (default 1.4 0.7 0.7)")
-    parser.add_argument("--np", dest="num_processes", type=int, default=1,
-                        help="worker processes (default 1)")
+    add_name_and_processes_arguments(parser, "KneePhantom")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     folder = write_phantom_dataset(
         args.output, n_train=args.n_train, n_test=args.n_test, seed=args.seed,

@@ -22,14 +22,17 @@ from nnunet_shape.demo.settings import (
     CLEARLY_ABOVE_CHANCE,
     CONFIGURATION,
     HEADLINE_POSTPROCESSING,
+    KNEE,
     POSTPROCESSING_VARIANTS,
     SETTINGS,
     TIME_BUDGET_SECONDS,
     VALUES_PER_CLASS,
+    DemoData,
     DemoOptions,
     Setting,
     descriptor_value_count,
     optimizer_description,
+    ordered_settings,
     superior_inferior_patch_axis,
     voxel_annotation_count,
 )
@@ -40,7 +43,8 @@ from nnunet_shape.nnunet.evaluate import chance_dice
 __all__ = [
     "TableRow", "chance_dice", "table_rows", "format_dice_table", "BASELINE_TITLES", "baseline_rows",
     "baseline_verdict", "format_descriptor_error_table",
-    "ordering_verdict", "write_table_csv", "write_descriptor_errors_csv", "copy_curves", "case_overlay",
+    "ordering_text", "ordering_verdict", "write_table_csv", "write_descriptor_errors_csv", "copy_curves",
+    "case_overlay",
     "format_postprocessing_decisions", "compartments_found", "format_compartment_table",
     "write_report", "command_line", "format_multi_seed_table",
 ]
@@ -159,13 +163,14 @@ def baseline_verdict(avg_dice: Mapping[str, float], baselines: Sequence[TableRow
     a descriptor model that does not beat the descriptor ellipsoids has learned nothing from the
     image; the atlas is the stronger bar)."""
     parts = []
-    for slug, title in (("vcd", "V+C+D"), ("vc", "V+C")):
-        if slug not in avg_dice:
+    for setting in ordered_settings(list(avg_dice)):
+        if setting.descriptors is None:
             continue
-        against = [f"{'beats' if avg_dice[slug] > b.avg_dice else 'does NOT beat'} the "
-                   f"{b.trainer.replace('_', ' ')} ({100 * avg_dice[slug]:.1f} vs {100 * b.avg_dice:.1f} %)"
+        dice = avg_dice[setting.slug]
+        against = [f"{'beats' if dice > b.avg_dice else 'does NOT beat'} the "
+                   f"{b.trainer.replace('_', ' ')} ({100 * dice:.1f} vs {100 * b.avg_dice:.1f} %)"
                    for b in baselines]
-        parts.append(f"{title} " + ", ".join(against))
+        parts.append(f"{setting.title} " + ", ".join(against))
     return "; ".join(parts)
 
 
@@ -200,26 +205,43 @@ def format_descriptor_error_table(summaries: Mapping[str, Mapping[str, Any]],
     return "\n".join(lines) + "\n"
 
 
+def _ordering_name(setting: Setting) -> str:
+    return "full supervision" if setting.descriptors is None else setting.title
+
+
+def ordering_text(slugs: Sequence[str]) -> str:
+    """The expected ordering of the rows ``slugs`` in words, best first: ``"full supervision >
+    V+C+D > V+C"`` (:data:`~nnunet_shape.demo.settings.EXPECTED_ORDER`)."""
+    return " > ".join(_ordering_name(s) for s in ordered_settings(slugs))
+
+
 def ordering_verdict(avg_dice: Mapping[str, float], chance: float,
                      margin: float = CLEARLY_ABOVE_CHANCE) -> tuple[bool, bool, str]:
-    """Check paper 000's ordering on mean Dice: full supervision > V+C+D > V+C, and both
-    descriptor-only settings above ``chance + margin``.
+    """Check the expected ordering on mean Dice -- paper 000's full supervision > V+C+D > V+C, with
+    the image-aware row full supervision > V+C+D + image terms > V+C+D > V+C (strictly, every
+    neighbouring pair) -- and every descriptor-only setting above ``chance + margin``.
 
-    ``avg_dice``: setting slug (``full_supervision``, ``vcd``, ``vc``) -> mean Dice (0..1).
-    Returns ``(ordering holds, descriptor-only clearly above chance, one-line text)``.
+    ``avg_dice``: setting slug (``full_supervision``, ``vcd``, ``vc``, optionally ``image_aware``)
+    -> mean Dice (0..1). Returns ``(ordering holds, descriptor-only clearly above chance, one-line
+    text)``.
     """
-    full, vcd, vc = avg_dice["full_supervision"], avg_dice["vcd"], avg_dice["vc"]
-    ordering = full > vcd > vc
-    above = min(vcd, vc) > chance + margin
+    missing = [slug for slug in ("full_supervision", "vcd", "vc") if slug not in avg_dice]
+    if missing:
+        raise ValueError(f"ordering_verdict: no mean Dice for {missing}; got {sorted(avg_dice)}")
+    ranked = ordered_settings(list(avg_dice))
+    values = [avg_dice[s.slug] for s in ranked]
+    ordering = all(better > worse for better, worse in zip(values, values[1:]))
+    descriptor_rows = [s for s in ranked if s.descriptors is not None]
     bar = chance + margin
+    above = min(avg_dice[s.slug] for s in descriptor_rows) > bar
 
     def versus_chance(title: str, dice: float) -> str:
         return f"{title} {'clearly above' if dice > bar else 'NOT clearly above'} ({100 * dice:.1f} %)"
 
-    text = (f"ordering full supervision > V+C+D > V+C: {'holds' if ordering else 'does NOT hold'} "
-            f"({100 * full:.1f} / {100 * vcd:.1f} / {100 * vc:.1f} % mean Dice); descriptor-only "
+    text = (f"ordering {ordering_text(list(avg_dice))}: {'holds' if ordering else 'does NOT hold'} "
+            f"({' / '.join(f'{100 * v:.1f}' for v in values)} % mean Dice); descriptor-only "
             f"training against chance ({100 * chance:.1f} % + {100 * margin:.0f} points = {100 * bar:.1f} %): "
-            f"{versus_chance('V+C+D', vcd)}, {versus_chance('V+C', vc)}")
+            + ", ".join(versus_chance(s.title, avg_dice[s.slug]) for s in descriptor_rows))
     return ordering, above, text
 
 
@@ -289,9 +311,10 @@ def copy_curves(output: Path, folders: Mapping[str, Path]) -> dict[str, list[Pat
 
 
 def case_overlay(output: Path, raw_dataset: Path, predictions: Path, case: str, file_ending: str,
-                 class_names: Mapping[int, str]) -> Path:
-    """Mid sagittal slice and the slice with the most cartilage: image, ground truth and every
-    model's (postprocessed) prediction."""
+                 class_names: Mapping[int, str], settings: Sequence[Setting] = SETTINGS, data: DemoData = KNEE) -> Path:
+    """The middle slice across array axis 0 and the slice with the most voxels of the data's detail
+    classes (knee: mid sagittal and most cartilage; brains: mid axial and most white matter): image,
+    ground truth and every model's (postprocessed) prediction."""
     import SimpleITK as sitk
 
     from nnunet_shape.demo.overlays import mid_slice, most_labelled_slice, save_overlay_figure
@@ -305,14 +328,15 @@ def case_overlay(output: Path, raw_dataset: Path, predictions: Path, case: str, 
     spacing = tuple(reversed(itk_image.GetSpacing()))
     reference = read(raw_dataset / "labelsTs" / f"{case}{file_ending}")
     segmentations = {"ground truth": reference}
-    for setting in SETTINGS:
+    for setting in settings:
         segmentations[setting.title] = read(predictions / setting.slug / HEADLINE_POSTPROCESSING
                                             / f"{case}{file_ending}")
-    cartilage = [label for label, name in class_names.items() if "cartilage" in name] or list(class_names)
+    details = [label for label, name in class_names.items() if data.detail_class in name] or list(class_names)
     middle = mid_slice(image.shape, 0)
-    detail = most_labelled_slice(reference, cartilage, 0)
+    detail = most_labelled_slice(reference, details, 0)
     indices = [middle] if detail == middle else [middle, detail]
-    row_texts = [f"mid sagittal (z={middle})"] + ([] if detail == middle else [f"most cartilage (z={detail})"])
+    row_texts = [f"mid {data.overlay_plane} (z={middle})"] + (
+        [] if detail == middle else [f"most {data.detail_class.replace('_', ' ')} (z={detail})"])
     return save_overlay_figure(image, segmentations, class_names, output / "overlays" / f"{case}.png",
                                indices, axis=0, spacing=spacing, title=f"{case} (test)",
                                slice_labels=row_texts)
@@ -388,10 +412,16 @@ def format_compartment_table(counts: Mapping[str, Mapping[int, Sequence[tuple[in
 # report.md
 # ------------------------------------------------------------------------------------------------
 
-def _mirror_axes_text(mirror_axes: Mapping[str, tuple[int, ...] | None], plans: Mapping[str, Any]) -> str:
-    per_setting = "; ".join(f"{s.title}: {mirror_axes[s.slug] if mirror_axes[s.slug] else 'none'}" for s in SETTINGS)
+def _mirror_axes_text(mirror_axes: Mapping[str, tuple[int, ...] | None], plans: Mapping[str, Any],
+                      settings: Sequence[Setting] = SETTINGS, data: DemoData = KNEE) -> str:
+    per_setting = "; ".join(f"{s.title}: {mirror_axes[s.slug] if mirror_axes[s.slug] else 'none'}" for s in settings)
     return (f"{per_setting} (patch axes, read from the checkpoints; superior-inferior is patch axis "
-            f"{superior_inferior_patch_axis(plans['transpose_forward'])})")
+            f"{superior_inferior_patch_axis(plans['transpose_forward'], data)})")
+
+
+_COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+#: where the place of the image-aware row in the expected ordering comes from
+_IMAGE_TERMS_SOURCE = " and, for the image terms, issue 14"
 
 
 def _class_names_of(summaries: Mapping[Any, Mapping[str, Any]]) -> dict[int, str]:
@@ -410,18 +440,24 @@ def write_report(output: Path, options: DemoOptions, rows: Sequence[TableRow],
                  verdict: str, records: Sequence[StageRecord], total_seconds: float,
                  schedules: Mapping[str, tuple[int, int, int]], trainers: Mapping[str, str], plans: dict,
                  curves: Mapping[str, list[Path]], overlays: Sequence[Path], case_shape: Sequence[int],
-                 phantom_parameters: Mapping[str, Any], labels: Sequence[int],
+                 dataset_parameters: Mapping[str, Any], labels: Sequence[int],
                  mirror_axes: Mapping[str, tuple[int, ...] | None],
                  decisions: Mapping[str, Sequence[Mapping[str, Any]]],
                  compartments: Mapping[str, Mapping[int, Sequence[tuple[int, int]]]],
-                 baselines: Sequence[TableRow] = (), baselines_text: str = "") -> Path:
-    splits = [case["split"] for case in phantom_parameters["cases"].values()]
-    grid = [int(s) for s in phantom_parameters["shape_zyx"]]
-    spacing = [float(s) for s in phantom_parameters["spacing_zyx_mm"]]
+                 baselines: Sequence[TableRow] = (), baselines_text: str = "",
+                 settings: Sequence[Setting] = SETTINGS, data: DemoData = KNEE) -> Path:
+    """``OUTPUT/report.md`` of one run on ``data`` with the rows ``settings``.
+
+    ``dataset_parameters``: the generator's record (``data.parameters_file``: ``cases`` with their
+    ``split``, ``seed``, ``shape_zyx`` and the spacing, ``spacing_zyx_mm`` or isotropic ``spacing_mm``).
+    """
+    splits = [case["split"] for case in dataset_parameters["cases"].values()]
+    grid = [int(s) for s in dataset_parameters["shape_zyx"]]
+    spacing = [float(s) for s in dataset_parameters.get("spacing_zyx_mm") or [dataset_parameters["spacing_mm"]] * 3]
     configuration = plans["configurations"][CONFIGURATION]
-    epochs, iterations, val_iterations = schedules[SETTINGS[0].slug]
+    epochs, iterations, val_iterations = schedules[settings[0].slug]
     lines = [
-        "# nnunet-shape demo: paper 000's Table 1 on knee phantoms",
+        f"# nnunet-shape demo: paper 000's Table 1 on {data.title}",
         "",
         f"Run {datetime.now().strftime('%Y-%m-%d %H:%M')} on {platform.node() or 'unknown host'} "
         f"({os.cpu_count()} CPU cores, device `{options.device}`): **{total_seconds / 60:.1f} min** in all "
@@ -432,15 +468,16 @@ def write_report(output: Path, options: DemoOptions, rows: Sequence[TableRow],
         "",
         "## Table 1 (test set, postprocessing chosen on the validation cases)",
         "",
-        "Dice in %, mean ± std over the test cases; *Avg* is the mean of the four class means "
+        f"Dice in %, mean ± std over the test cases; *Avg* is the mean of the "
+        f"{_COUNT_WORDS.get(len(labels), str(len(labels)))} class means "
         "(nnU-Net's foreground mean). Each model's postprocessing is the one nnU-Net's decision "
         f"chooses on its fold's validation predictions (`nnunet-shape determine-postprocessing`, fold "
         f"`{options.fold}`), as paper 000 reports it: a step is kept only where it improves the validation "
         "Dice (see the next table).",
         "",
         format_dice_table(rows, HEADLINE_POSTPROCESSING, chance, baselines),
-        f"**Expected result** (paper 000: full supervision > V+C+D > V+C, descriptor-only clearly above "
-        f"chance): {verdict}.",
+        f"**Expected result** (paper 000{_IMAGE_TERMS_SOURCE if len(settings) > len(SETTINGS) else ''}: "
+        f"{ordering_text([s.slug for s in settings])}, descriptor-only clearly above chance): {verdict}.",
         "",
         *([f"**Against the no-image baselines** (the atlas and the descriptor ellipsoids use no test image: a "
            f"descriptor model that does not beat the ellipsoids has learned nothing from the image): "
@@ -463,15 +500,13 @@ def write_report(output: Path, options: DemoOptions, rows: Sequence[TableRow],
         "compute their targets from those labels); a label-free run (`…FromFile`, placeholder labels) "
         "is decided from its descriptor files instead (docs/usage.md, \"Largest-component postprocessing\").",
         "",
-        format_postprocessing_decisions(decisions, SETTINGS),
+        format_postprocessing_decisions(decisions, settings),
         "### After the largest component of every label, unconditionally",
         "",
         format_dice_table(rows, "largest_component"),
         "Keeping the largest connected component of every label (nnU-Net's "
         "`remove_all_but_largest_component_from_segmentation`, full connectivity) whether it helps or "
-        "not. The phantoms' tibial cartilage has two compartments (medial and lateral) under one label, "
-        "so this step removes the smaller compartment even from a perfect prediction; the decision "
-        "above does not apply it where it hurts.",
+        f"not. {data.largest_component_note}",
         "",
         "### Before postprocessing",
         "",
@@ -486,7 +521,7 @@ def write_report(output: Path, options: DemoOptions, rows: Sequence[TableRow],
             "present. The descriptor rows constrain one volume, centroid and spread per class, not per "
             "compartment (docs/method.md, \"Classes with several components\").",
             "",
-            format_compartment_table(compartments, SETTINGS, _class_names_of(summaries)),
+            format_compartment_table(compartments, settings, _class_names_of(summaries)),
         ]
     lines += [
 
@@ -495,7 +530,7 @@ def write_report(output: Path, options: DemoOptions, rows: Sequence[TableRow],
         f"* Full supervision: every voxel of a case is labelled: {' × '.join(str(s) for s in case_shape)} = "
         f"{voxel_annotation_count(case_shape):,} voxels (paper 000: 384 × 384 × 160 ≈ 24 million).",
     ]
-    for setting in SETTINGS:
+    for setting in settings:
         if setting.descriptors is None:
             continue
         parts = " + ".join(f"{d} {VALUES_PER_CLASS[d](len(case_shape))}" for d in setting.descriptors)
@@ -510,22 +545,22 @@ def write_report(output: Path, options: DemoOptions, rows: Sequence[TableRow],
         "Relative volume error |V_pred − V_ref| / V_ref and distance between predicted and reference "
         "centroids (mm), from `nnunet-shape evaluate`; all variants in `descriptor_errors.csv`.",
         "",
-        format_descriptor_error_table({s.slug: summaries[(s.slug, HEADLINE_POSTPROCESSING)] for s in SETTINGS},
-                                      SETTINGS),
+        format_descriptor_error_table({s.slug: summaries[(s.slug, HEADLINE_POSTPROCESSING)] for s in settings},
+                                      settings),
         "## Schedule",
         "",
-        f"* Phantoms: {splits.count('train')} training + {splits.count('test')} test cases, seed "
-        f"{phantom_parameters['seed']}, grid {' × '.join(str(s) for s in grid)} (z, y, x), spacing "
-        f"{' × '.join(f'{s:.3g}' for s in spacing)} mm (the generator's default field of view).",
+        f"* {data.cases_title}: {splits.count('train')} training + {splits.count('test')} test cases, seed "
+        f"{dataset_parameters['seed']}, grid {' × '.join(str(s) for s in grid)} (z, y, x), spacing "
+        f"{' × '.join(f'{s:.3g}' for s in spacing)} mm ({data.grid_note}).",
         f"* nnU-Net: `{CONFIGURATION}`, fold `{options.fold}`, whole scan as one patch "
         f"{configuration['patch_size']}, batch size {configuration['batch_size']}, network "
         f"`{configuration['architecture']['network_class_name']}`.",
         f"* Every setting: trainer suffix `{options.trainer_suffix}` = {epochs} epochs × {iterations} "
         f"iterations ({epochs * iterations} training iterations, {val_iterations} validation iterations "
         f"per epoch), `nnUNet_n_proc_DA={options.n_proc_da}`.",
-        f"* Mirroring (augmentation and test-time axes): {_mirror_axes_text(mirror_axes, plans)}.",
-        "* Optimiser: " + "; ".join(f"{s.title}: {optimizer_description(trainers[s.slug])}" for s in SETTINGS) + ".",
-        "* Trainers: " + ", ".join(f"`{trainers[s.slug]}` ({s.title})" for s in SETTINGS) + ".",
+        f"* Mirroring (augmentation and test-time axes): {_mirror_axes_text(mirror_axes, plans, settings, data)}.",
+        "* Optimiser: " + "; ".join(f"{s.title}: {optimizer_description(trainers[s.slug])}" for s in settings) + ".",
+        "* Trainers: " + ", ".join(f"`{trainers[s.slug]}` ({s.title})" for s in settings) + ".",
         f"* Prediction: `nnUNetv2_predict` with checkpoint_final.pth, "
         f"{'mirroring test-time augmentation' if options.tta else 'no test-time augmentation (`--disable_tta`)'}.",
         "",
@@ -538,13 +573,13 @@ def write_report(output: Path, options: DemoOptions, rows: Sequence[TableRow],
         lines.append(f"| {record.name} | {record.note or _format_seconds(record.seconds)} |")
     lines.append(f"| **total** | **{_format_seconds(total_seconds)}** |")
     lines += ["", "## Training curves", ""]
-    for setting in SETTINGS:
+    for setting in settings:
         for path in curves.get(setting.slug, []):
             relative = path.relative_to(output).as_posix()
             lines += [f"**{setting.title}** — `{path.name}`", "", f"![{setting.title} {path.name}]({relative})", ""]
     lines += ["## Test cases", "",
-              "Mid sagittal slice and the slice with the most cartilage: image, ground truth, each model "
-              "(postprocessing chosen on the validation cases).", ""]
+              f"Mid {data.overlay_plane} slice and the slice with the most {data.detail_class.replace('_', ' ')}: "
+              "image, ground truth, each model (postprocessing chosen on the validation cases).", ""]
     for path in overlays:
         relative = path.relative_to(output).as_posix()
         lines += [f"[{path.stem}]({relative})", "", f"![{path.stem}]({relative})", ""]
@@ -568,9 +603,19 @@ def write_report(output: Path, options: DemoOptions, rows: Sequence[TableRow],
 
 
 def command_line(options: DemoOptions) -> list[str]:
-    args = ["--output", str(options.output), "--n-train", str(options.n_train), "--n-test", str(options.n_test),
-            "--shape", *[str(s) for s in options.shape], "--seed", str(options.seed),
-            "--trainer-suffix", options.trainer_suffix, "--device", options.device, "--fold", options.fold]
+    """The arguments of ``python -m nnunet_shape.demo`` that repeat the run of ``options`` (the
+    report's *Command*); the data set's own grid option: ``--shape`` for the knee phantoms,
+    ``--data brain --spacing`` (and ``--hemispheres``) for the brains."""
+    args = ["--output", str(options.output), "--n-train", str(options.n_train), "--n-test", str(options.n_test)]
+    if options.data == "knee":
+        args += ["--shape", *[str(s) for s in options.shape]]
+    else:
+        args += ["--data", options.data, "--spacing", f"{options.spacing_mm:g}"]
+        args += ["--hemispheres"] if options.hemispheres else []
+    if options.image_aware:
+        args.append("--image-aware")
+    args += ["--seed", str(options.seed), "--trainer-suffix", options.trainer_suffix, "--device", options.device,
+             "--fold", options.fold]
     if options.skip_training:
         args.append("--skip-training")
     if options.tta:

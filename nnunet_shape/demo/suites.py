@@ -6,15 +6,20 @@ and ``--suite priors`` (``make demo-priors``; issue 16) run, on the same knee ph
 
 * **weak**: full supervision; sparse slices (``nnunet-shape simulate-slices``, K = 1 and 3 slices per
   plane, the rest nnU-Net's ignore label); Weak-Net (``simulate-points`` + ``fit-templates``,
-  N = 25 and 125 points per class); V+C+D descriptors; V+C+D + reconstruction;
+  N = 25 and 125 points per class, ``nnUNetTrainerWeakNetWholeScan``: paper 003's loss on the
+  whole-scan network); V+C+D descriptors; V+C+D + reconstruction;
 * **priors**: per-case V+C+D; per-case bounds from N = 10 and 25 clicks (``click-bounds`` →
   ``…FromFile``); one population prior for the whole dataset (``population-prior``) at two looseness
   levels, with the image-aware terms, and learnt on phantoms of another seed;
 
 both next to the no-image baselines (atlas, descriptor ellipsoids, chance;
-:mod:`nnunet_shape.nnunet.baselines`). Every trained row has the ``_demo`` schedule of
-``make demo`` (the same epochs and iterations), its own ``nnUNet_results`` folder (two rows may
-share a trainer class: Weak-Net at N = 25 and 125) and is predicted on the same test cases.
+:mod:`nnunet_shape.nnunet.baselines`). Every trained row is on the same network: the whole scan
+as one patch with the STD/EXP network (``nnUNetTrainerWholeScan``; for Weak-Net
+``nnUNetTrainerWeakNetWholeScan``, not the paper-faithful ``nnUNetTrainerWeakNet`` on nnU-Net's
+PlainConvUNet, which is slower on a CPU and would make the rows differ in network as well as in
+supervision). Every trained row has the ``_demo`` schedule of ``make demo`` (the same epochs and
+iterations), its own ``nnUNet_results`` folder (two rows may share a trainer class: Weak-Net at
+N = 25 and 125) and is predicted on the same test cases.
 Predictions are evaluated **raw** (no postprocessing): most rows have no labelled validation
 cases to decide a postprocessing step with, and the same rule for every row keeps the
 comparison fair. ``OUTPUT/report.md`` holds IoU and Dice per class (mean ± std over the test
@@ -25,9 +30,10 @@ Annotation effort per case, as paper 003 counts it (the number of points an anno
 traced contour counts its length): Weak-Net the points of the case; sparse slices the summed
 contour length of the annotated slices (``sparse_slices.json``); full supervision the contours of
 every slice of the first array axis (slice-by-slice manual contouring); both contour lengths in
-in-plane pixels (mm divided by the mean in-plane spacing), so that one traced pixel counts like
-one click. Descriptor rows count the values a human supplies (V+C+D: 7 per class); the population
-prior supplies none per case.
+pixels, per case in that case's own spacing, then averaged over the cases (full supervision: mm
+divided by the mean in-plane spacing; sparse slices, whose slices lie in all three planes: by the
+mean voxel spacing), so that one traced pixel counts like one click. Descriptor rows count the
+values a human supplies (V+C+D: 7 per class); the population prior supplies none per case.
 """
 
 from __future__ import annotations
@@ -140,10 +146,27 @@ def full_contour_points(label_files: Sequence[Path], labels: Sequence[int]) -> f
     return float(np.mean(totals)) if totals else math.nan
 
 
-def sparse_contour_points(effort_file: Path) -> float:
-    """Mean summed contour length per case (mm) of a sparse-slice dataset (``sparse_slices.json``)."""
+def sparse_contour_pixels(effort_file: Path, ending: str) -> float:
+    """Mean over cases of the summed contour length of a sparse-slice dataset in pixels.
+
+    ``effort_file`` is the derived dataset's ``sparse_slices.json`` (per case ``contour_length_mm``);
+    each case's length is divided by the mean voxel spacing of that case (the annotated slices lie
+    in all three planes), read from its label file beside the effort file,
+    ``labelsTr/<case><ending>``, so that cases of different spacing are each counted in their own
+    pixels."""
+    import SimpleITK as sitk
+
     summary = json.loads(effort_file.read_text())
-    per_case = [float(case["contour_length_mm"]) for case in summary["cases"].values()]
+    per_case = []
+    for case, entry in summary["cases"].items():
+        path = effort_file.parent / "labelsTr" / f"{case}{ending}"
+        if not path.is_file():
+            raise StageFailed(f"{effort_file}: case {case!r} has no label file {path} to read its spacing from")
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        spacing = reader.GetSpacing()
+        per_case.append(float(entry["contour_length_mm"]) / (sum(spacing) / len(spacing)))
     return float(sum(per_case) / len(per_case)) if per_case else math.nan
 
 
@@ -280,7 +303,7 @@ def _weak_rows(runner: _Runner, dataset_json: Mapping[str, Any]) -> list[SuiteRo
         effort_file = next(runner.raw_root.glob(f"Dataset{target:03d}_*")) / "sparse_slices.json"
         rows.append(SuiteRow(f"Sparse slices K={k}", f"slices{k}", f"{k} slice(s) per plane, rest ignore",
                              f"nnUNetTrainerShapeFullSupervision{suffix}", target,
-                             effort=_contour_pixels(effort_file, runner.raw_dataset, ending),
+                             effort=sparse_contour_pixels(effort_file, ending),
                              effort_unit="contour pixels"))
     for n in WEAK_POINTS:
         points, templates = runner.work / f"points_{n}", runner.work / f"templates_{n}"
@@ -291,24 +314,13 @@ def _weak_rows(runner: _Runner, dataset_json: Mapping[str, Any]) -> list[SuiteRo
         from nnunet_shape.nnunet.training.weaknet import TEMPLATES_ENV
 
         rows.append(SuiteRow(f"Weak-Net N={n}", f"weaknet{n}", f"{n} surface points per class",
-                             f"nnUNetTrainerWeakNet{suffix}", did, env={TEMPLATES_ENV: str(templates)},
+                             f"nnUNetTrainerWeakNetWholeScan{suffix}", did, env={TEMPLATES_ENV: str(templates)},
                              effort=mean_points_per_case(points, dataset_json), effort_unit="points"))
     rows.append(SuiteRow("V+C+D", "vcd", "volume, centroid, spread per class", f"nnUNetTrainerShapeDescriptors{suffix}",
                          did, effort=vcd_values, effort_unit="values"))
     rows.append(SuiteRow("V+C+D + reconstruction", "vcd_recon", "V+C+D, plus reconstructing the image",
                          f"nnUNetTrainerShapeDescriptorsRecon{suffix}", did, effort=vcd_values, effort_unit="values"))
     return rows + _baseline_rows(full_effort=rows[0].effort, vcd_values=vcd_values)
-
-
-def _contour_pixels(effort_file: Path, raw_dataset: Path, ending: str) -> float:
-    """``sparse_slices.json``'s mean contour length per case (mm) in pixels: divided by the mean
-    spacing of the first training image (the slices lie in all three planes; the phantoms share
-    one grid)."""
-    import SimpleITK as sitk
-
-    first = sorted((raw_dataset / "labelsTr").glob(f"*{ending}"))[0]
-    spacing = sitk.ReadImage(str(first)).GetSpacing()
-    return sparse_contour_points(effort_file) / (sum(spacing) / len(spacing))
 
 
 def _baseline_rows(full_effort: float | None, vcd_values: float) -> list[SuiteRow]:
@@ -512,17 +524,23 @@ def _write_report(runner: _Runner, rows: Sequence[SuiteRow], summaries: Mapping[
              f"{tuple(options.shape)}, every trained row with the `{options.trainer_suffix}` schedule, fold "
              f"{options.fold}, device {options.device}; {time.strftime('%Y-%m-%d')}, {total / 60:.1f} min.", "",
              "Test-set scores in % (mean ± std over the test cases), **raw predictions** (no postprocessing for "
-             "any row: most rows have no labelled validation cases to choose one with).", "",
+             "any row: most rows have no labelled validation cases to choose one with). Every trained row is on the "
+             "same network, the whole scan as one patch with the STD/EXP network (`nnUNetTrainerWholeScan`)"
+             + ("; Weak-Net is `nnUNetTrainerWeakNetWholeScan`, paper 003's loss on that network (the paper-faithful "
+                "`nnUNetTrainerWeakNet` trains nnU-Net's PlainConvUNet instead)" if runner.suite == "weak" else "")
+             + ".", "",
              "## IoU per class", "", format_suite_table(rows, summaries, "IoU", chance), "",
              "## Dice per class", "", format_suite_table(rows, summaries, "Dice", chance), ""]
     if plot is not None:
         lines += ["## IoU against effort", "", f"![IoU against effort]({plot.relative_to(runner.output)})", ""]
     lines += ["## Rows", "", "| Row | Supervision | Trainer / baseline |", "|---|---|---|"]
     lines += [f"| {r.title} | {r.supervision} | `{r.trainer or r.baseline}` |" for r in rows]
-    lines += ["", "Effort per case: points an annotator clicks (Weak-Net, clicks); contour length in in-plane "
-              "pixels (sparse slices: the annotated slices; full supervision: every slice of the first array axis, "
-              "i.e. slice-by-slice manual contouring; the atlas uses the full training labels); descriptor values "
-              "(V+C+D: volume, 3 centroid and 3 spread values per class). Population priors: none per case.", "",
+    lines += ["", "Effort per case: points an annotator clicks (Weak-Net, clicks); contour length in pixels, each "
+              "case in its own spacing (sparse slices: the annotated slices, mm divided by the case's mean voxel "
+              "spacing; full supervision: every slice of the first array axis, i.e. slice-by-slice manual "
+              "contouring, mm divided by the mean in-plane spacing; the atlas uses the full training labels); "
+              "descriptor values (V+C+D: volume, 3 centroid and 3 spread values per class). Population priors: none "
+              "per case.", "",
               "## Timings", "", "| Stage | Wall time |", "|---|---|"]
     lines += [f"| {r.name} | {r.seconds:.0f} s{' (' + r.note + ')' if r.note else ''} |" for r in runner.stages.records]
     report = runner.output / "report.md"

@@ -3,6 +3,8 @@
     nnUNetv2_export_descriptors -d 701 [-o OUT]               # labelsTr of nnUNet_raw/Dataset701_*
     nnUNetv2_export_descriptors -i SEG_FOLDER -o OUT [-d 701] # any folder of label maps
     nnUNetv2_export_descriptors ... --format json|csv --np 4 --overwrite --ignore-unknown-labels
+    nnUNetv2_export_descriptors -d 701 --intensity            # also the raw image inside every class
+    nnUNetv2_export_descriptors -i SEG_FOLDER -o OUT -d 701 --intensity --images IMAGES_FOLDER
 
 Bad input (a missing or broken dataset.json, a truncated label map, label values dataset.json does
 not name, an output that is a file, ...) is one line on stderr and exit code 2.
@@ -38,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ignore-unknown-labels", action="store_true",
                         help="export even when a label map holds values that dataset.json does not name (their "
                              "voxels belong to no class); default: such a map is an error")
+    parser.add_argument("--intensity", action="store_true",
+                        help="also write per class the mean and std of the raw image inside it, per channel, and "
+                             "the image's own mean and std (to convert to nnU-Net's z-score units); reads "
+                             "imagesTr/<case>_0000... (with -i: --images) with the dataset's reader")
+    parser.add_argument("--images", default=None,
+                        help="with --intensity and -i: the folder of the raw images <case>_0000<file_ending>, ...")
     return parser
 
 
@@ -50,13 +58,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("-o OUT is required with -i")
     if args.num_processes is not None and args.num_processes < 1:
         parser.error("--np must be >= 1")
+    if args.images is not None and not args.intensity:
+        parser.error("--images is only read with --intensity")
 
     def export() -> int:
         from nnunet_shape.descriptor_files.export import export_dataset
 
         report = export_dataset(dataset=args.dataset, input_folder=args.input, output_folder=args.output,
                                 num_processes=args.num_processes, overwrite=args.overwrite,
-                                write_csv=args.format == "csv", ignore_unknown_labels=args.ignore_unknown_labels)
+                                write_csv=args.format == "csv", ignore_unknown_labels=args.ignore_unknown_labels,
+                                intensity=args.intensity, images_folder=args.images)
         print(f"{report.output_folder}: {len(report.computed)} computed, {len(report.skipped)} up to date"
               + (f", wrote {', '.join(report.written)}" if report.written else ""))
         return 0

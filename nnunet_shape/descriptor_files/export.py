@@ -32,6 +32,7 @@ from nnunet_shape.descriptor_files.measure import (
     image_geometry,
     index_labels,
     json_floats,
+    read_image_channels,
     read_label_map,
 )
 from nnunet_shape.descriptor_files.model import (
@@ -65,6 +66,8 @@ __all__ = [
     "list_label_files",
     "training_label_files",
     "training_image_files",
+    "training_image_channel_files",
+    "image_channel_files",
     "export_dataset",
 ]
 
@@ -80,14 +83,19 @@ CSV_FILE_NAME = "descriptors.csv"
 # ---------------------------------------------------------------------------------------
 
 
-def export_settings(specs: Sequence[ClassSpec], reader_class: type) -> dict[str, Any]:
-    """Everything besides the source file that determines a case file's content."""
-    return {
+def export_settings(specs: Sequence[ClassSpec], reader_class: type, intensity: bool = False) -> dict[str, Any]:
+    """Everything besides the source file that determines a case file's content. ``intensity``
+    (``--intensity``) adds ``"intensity": true``; without it the settings -- and the hash of
+    exports made before the option existed -- are unchanged."""
+    settings = {
         "exporter_version": EXPORTER_VERSION,
         "schema": SCHEMA_ID,
         "reader": f"{reader_class.__module__}.{reader_class.__qualname__}",
         "classes": [[s.name, s.label, list(s.region_labels) if s.region_labels is not None else None] for s in specs],
     }
+    if intensity:
+        settings["intensity"] = True
+    return settings
 
 
 def _settings_hash(settings: Mapping[str, Any]) -> str:
@@ -100,8 +108,15 @@ def _source_record(path: Path, reader_class: type) -> dict[str, Any]:
             "reader": reader_class.__name__}
 
 
-def is_up_to_date(output_path: Path, source: Mapping[str, Any], settings_hash: str) -> bool:
-    """True when ``output_path`` exists and was made from the same file (path, size, mtime) and settings."""
+def _file_record(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"file": str(path.resolve()), "size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def is_up_to_date(output_path: Path, source: Mapping[str, Any], settings_hash: str,
+                  image_files: Sequence[Mapping[str, Any]] | None = None) -> bool:
+    """True when ``output_path`` exists and was made from the same file (path, size, mtime) and settings
+    (and, with ``image_files``, from the same image files: ``image_intensity.files``)."""
     try:
         with open(output_path, encoding="utf-8") as handle:
             old = json.load(handle)
@@ -111,6 +126,8 @@ def is_up_to_date(output_path: Path, source: Mapping[str, Any], settings_hash: s
         return False
     old_source = old.get("source") or {}
     same_source = all(old_source.get(k) == source[k] for k in ("file", "size_bytes", "mtime_ns"))
+    if image_files is not None and ((old.get("image_intensity") or {}).get("files") != [dict(f) for f in image_files]):
+        return False
     return same_source and (old.get("export") or {}).get("settings_hash") == settings_hash
 
 
@@ -129,6 +146,9 @@ class ExportTask:
     known_labels: tuple[int, ...] | None = None
     #: the case's image (imagesTr/<case>_0000...): the label map's geometry must match it
     image_path: str | None = None
+    #: ``--intensity``: every channel's image file (<case>_0000..., <case>_0001...), read together
+    #: with nnU-Net's reader; the file then gets ``image_intensity`` and each class's ``intensity``
+    intensity_images: tuple[str, ...] | None = None
 
 
 def _check_labels_and_image(task: ExportTask, labels: np.ndarray, geometry: Any, index: LabelIndex) -> None:
@@ -155,18 +175,32 @@ def export_case(task: ExportTask) -> str:
     failure is a UserError naming the file and both values.
     """
     source_path = Path(task.source_path)
-    settings = export_settings(task.specs, task.reader_class)
+    settings = export_settings(task.specs, task.reader_class, intensity=task.intensity_images is not None)
     settings_hash = _settings_hash(settings)
     source = _source_record(source_path, task.reader_class)
-    if not task.overwrite and is_up_to_date(Path(task.output_path), source, settings_hash):
+    image_files = None
+    if task.intensity_images is not None:
+        for path in task.intensity_images:
+            if not Path(path).is_file():
+                raise UserError(f"case {task.case_id!r}: --intensity needs its image {path}, which does not exist")
+        image_files = [_file_record(Path(path)) for path in task.intensity_images]
+    if not task.overwrite and is_up_to_date(Path(task.output_path), source, settings_hash, image_files):
         return "skipped"
     labels, geometry = read_label_map(source_path, task.reader_class)
     measured = [v for spec in task.specs for v in spec.labels]
     index = index_labels(labels, measured if task.known_labels is None else task.known_labels)
     _check_labels_and_image(task, labels, geometry, index)
+    image = None
+    if task.intensity_images is not None:
+        image, image_grid = read_image_channels(task.intensity_images, task.reader_class, task.case_id)
+        difference = geometry_mismatch(geometry, image_grid)
+        if difference is not None:
+            raise UserError(f"{task.source_path} (case {task.case_id!r}) does not match its image "
+                            f"{task.intensity_images[0]}: {difference} (label map vs image); the intensities would "
+                            f"be measured on another grid")
     export = {"tool": f"nnunet-shape {_package_version} (descriptor_export v{EXPORTER_VERSION})",
               "settings_hash": settings_hash, "settings": settings}
-    obj = case_descriptors(labels, geometry, task.specs, task.case_id, source, export, index)
+    obj = case_descriptors(labels, geometry, task.specs, task.case_id, source, export, index, image, image_files)
     write_json_atomic(task.output_path, obj)
     return "computed"
 
@@ -229,6 +263,10 @@ def summarize(cases: Sequence[Mapping[str, Any]], specs: Sequence[ClassSpec], da
         for name in SUMMARY_FIELDS:
             summary[name] = _stats([e[name] for e in present if e[name] is not None])
         summary["principal_axis_lengths_mm"] = _stats([e["principal_axes_mm"]["lengths"] for e in present])
+        with_intensity = [e["intensity"] for e in present if e.get("intensity") is not None]
+        if with_intensity:  # --intensity: raw per-channel statistics of the class (exports without it: no key)
+            summary["intensity_mean"] = _stats([i["mean"] for i in with_intensity])
+            summary["intensity_std"] = _stats([i["std"] for i in with_intensity])
         classes[spec.name] = summary
     return {
         "schema": SCHEMA_ID,
@@ -260,7 +298,10 @@ def csv_table(cases: Sequence[Mapping[str, Any]]) -> str:
     pairs = [(i, j) for i in range(len(axes)) for j in range(i, len(axes))]
     columns += [f"covariance_{axes[i]}{axes[j]}_mm2" for i, j in pairs]
     columns += [f"principal_axis_{i + 1}_mm" for i in range(len(axes))]
-    columns += ["elongation", "flatness", "source_file"]
+    columns += ["elongation", "flatness"]
+    channels = len(cases[0]["image_intensity"]["mean"]) if "image_intensity" in cases[0] else 0
+    columns += [f"intensity_{stat}_{c}" for c in range(channels) for stat in ("mean", "std")]
+    columns += ["source_file"]
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -285,6 +326,9 @@ def csv_table(cases: Sequence[Mapping[str, Any]]) -> str:
                 row[f"covariance_{axes[i]}{axes[j]}_mm2"] = None if covariance is None else covariance[i][j]
             lengths = None if entry["principal_axes_mm"] is None else entry["principal_axes_mm"]["lengths"]
             put("principal_axis_", "_mm", [str(i + 1) for i in range(len(axes))], lengths)
+            for stat in ("mean", "std") if channels else ():
+                put(f"intensity_{stat}_", "", [str(c) for c in range(channels)],
+                    None if entry.get("intensity") is None else entry["intensity"][stat])
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
     return buffer.getvalue()
 
@@ -317,6 +361,7 @@ def export_files(
     *,
     ignore_unknown_labels: bool = False,
     images: Mapping[str, str | os.PathLike] | None = None,
+    intensity_images: Mapping[str, Sequence[str | os.PathLike]] | None = None,
 ) -> ExportReport:
     """Export ``{case_id: label map}`` to ``output_folder``, then summary.json (and descriptors.csv).
 
@@ -328,6 +373,9 @@ def export_files(
     named in dataset.json (unless ``ignore_unknown_labels``) and, for the cases in ``images``
     ({case_id: image file}), its geometry is the image's. The output folder must be a writable
     folder (checked before any case is read).
+
+    ``intensity_images`` ({case_id: [channel 0 file, channel 1 file, ...]}, ``--intensity``): every
+    case must have an entry; its files add the intensity blocks (docs/descriptor-json.md).
     """
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
@@ -339,6 +387,11 @@ def export_files(
     case_ids = sorted(files)
     for case_id in case_ids:  # O(1) per file: a cut copy is refused before any case is computed
         check_image_file_complete(files[case_id])
+    if intensity_images is not None:
+        missing = [case_id for case_id in case_ids if case_id not in intensity_images]
+        if missing:
+            raise UserError(f"case {missing[0]!r} ({files[missing[0]]}): --intensity needs its image, but no image "
+                            f"file was found for it")
     if case_ids:
         example = str(files[case_ids[0]])
         try:
@@ -346,7 +399,8 @@ def export_files(
         except RuntimeError as error:  # nnU-Net tries every reader on the file
             raise UserError(f"{example}: no nnU-Net reader can read it ({one_line(error)})") from None
         tasks = [ExportTask(case_id, str(files[case_id]), str(output / f"{case_id}.json"), specs, reader_class,
-                            overwrite, known, str(images[case_id]) if case_id in images else None)
+                            overwrite, known, str(images[case_id]) if case_id in images else None,
+                            None if intensity_images is None else tuple(str(p) for p in intensity_images[case_id]))
                  for case_id in case_ids]
         if num_processes is None:
             num_processes = default_num_processes()
@@ -437,6 +491,51 @@ def training_image_files(raw_folder: Path, dataset_json: Mapping[str, Any]) -> d
     return {p.name[: -len(suffix)]: p for p in sorted(folder.glob(f"*{suffix}"))} if folder.is_dir() else {}
 
 
+def _channel_count(dataset_json: Mapping[str, Any]) -> int:
+    names = dataset_json.get("channel_names", dataset_json.get("modality"))
+    if not isinstance(names, Mapping) or not names:
+        raise UserError("dataset.json has no 'channel_names': --intensity cannot tell how many image channels "
+                        "a case has")
+    return len(names)
+
+
+def image_channel_files(folder: str | os.PathLike, case_ids: Sequence[str], dataset_json: Mapping[str, Any]
+                        ) -> dict[str, list[Path]]:
+    """{case id: [``<folder>/<case>_0000<file_ending>``, ``..._0001...``, ...]}, one file per channel of
+    ``dataset.json["channel_names"]`` (nnU-Net's naming); a missing file is a UserError naming the
+    case and the file."""
+    folder = Path(folder)
+    ending = dataset_json["file_ending"]
+    out = {}
+    for case_id in case_ids:
+        paths = [folder / f"{case_id}_{c:04d}{ending}" for c in range(_channel_count(dataset_json))]
+        for path in paths:
+            if not path.is_file():
+                raise UserError(f"case {case_id!r}: --intensity needs its image {path}, which does not exist")
+        out[case_id] = paths
+    return out
+
+
+def training_image_channel_files(raw_folder: Path, dataset_json: Mapping[str, Any], case_ids: Sequence[str]
+                                 ) -> dict[str, list[Path]]:
+    """Every channel's image of each training case: ``imagesTr/<case>_XXXX<file_ending>``, or the
+    explicit ``dataset`` entry's ``images`` (nnU-Net's alternative dataset.json layout)."""
+    if "dataset" not in dataset_json:
+        return image_channel_files(raw_folder / "imagesTr", case_ids, dataset_json)
+    out = {}
+    for case_id in case_ids:
+        entry = dataset_json["dataset"].get(case_id)
+        if entry is None:
+            raise UserError(f"case {case_id!r}: dataset.json's 'dataset' list has no images for it (--intensity)")
+        paths = [Path(os.path.expandvars(p)) for p in entry["images"]]
+        paths = [p if p.is_absolute() else raw_folder / p for p in paths]
+        for path in paths:
+            if not path.is_file():
+                raise UserError(f"case {case_id!r}: --intensity needs its image {path}, which does not exist")
+        out[case_id] = paths
+    return out
+
+
 def export_dataset(
     dataset: str | int | None = None,
     input_folder: str | os.PathLike | None = None,
@@ -445,8 +544,15 @@ def export_dataset(
     overwrite: bool = False,
     write_csv: bool = False,
     ignore_unknown_labels: bool = False,
+    intensity: bool = False,
+    images_folder: str | os.PathLike | None = None,
 ) -> ExportReport:
     """The CLI's work: labelsTr of a raw dataset (``dataset`` only) or any folder of label maps.
+
+    ``intensity`` (``--intensity``): also measure the raw image inside every class and over the
+    image (the intensity blocks of docs/descriptor-json.md), from ``imagesTr/<case>_XXXX`` (labelsTr)
+    or ``images_folder/<case>_XXXX`` (required with ``input_folder``), every channel of
+    ``dataset.json["channel_names"]``.
 
     A broken dataset.json, a folder without any ``file_ending`` file and, per case, the checks of
     :func:`export_files` (labelsTr: against ``imagesTr/<case>_0000<file_ending>`` when it exists)
@@ -482,7 +588,15 @@ def export_dataset(
     if not files:
         raise UserError(f"no '*{dataset_json['file_ending']}' label maps in {where} (the file_ending of "
                         f"{dataset_json_path}): nothing to export")
+    intensity_images = None
+    if intensity and images_folder is not None:
+        intensity_images = image_channel_files(images_folder, sorted(files), dataset_json)
+    elif intensity and input_folder is not None:
+        raise UserError(f"--intensity with -i {input_folder} needs --images FOLDER (the raw images "
+                        f"<case>_0000{dataset_json['file_ending']}, ... of these label maps)")
+    elif intensity:
+        intensity_images = training_image_channel_files(raw_folder, dataset_json, sorted(files))
     name = raw_folder.name if raw_folder is not None else dataset_json.get("name")
     return export_files(files, output_folder, dataset_json, num_processes=num_processes, overwrite=overwrite,
                         write_csv=write_csv, dataset_name=name, ignore_unknown_labels=ignore_unknown_labels,
-                        images=images)
+                        images=images, intensity_images=intensity_images)

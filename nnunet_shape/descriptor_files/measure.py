@@ -33,6 +33,10 @@ __all__ = [
     "Geometry",
     "geometry_from_properties",
     "read_label_map",
+    "read_image_channels",
+    "nonzero_bounding_box",
+    "image_intensity",
+    "mask_intensity",
     "image_geometry",
     "geometry_mismatch",
     "LabelIndex",
@@ -175,6 +179,62 @@ def read_label_map(path: str | os.PathLike, reader_class: type) -> tuple[np.ndar
     return out, geometry
 
 
+def read_image_channels(paths: Sequence[str | os.PathLike], reader_class: type, case_id: str
+                        ) -> tuple[np.ndarray, Geometry]:
+    """The image channels of one case, ``(C, *S)`` float64 in nnU-Net's array order (the 2-D rule of
+    :func:`read_label_map`), and their :class:`Geometry`, read with nnU-Net's reader as its
+    preprocessing does (all channels in one ``read_images`` call). A truncated or unreadable
+    file is a UserError naming the case and the file."""
+    for path in paths:
+        check_image_file_complete(path)
+    try:
+        data, properties = reader_class().read_images([str(p) for p in paths])
+    except (RuntimeError, OSError, EOFError, ValueError, AssertionError) as error:
+        shown = ", ".join(str(p) for p in paths)
+        # nnU-Net's readers print why channels disagree and raise an empty RuntimeError
+        why = one_line(error) or ("nnU-Net's reader refused them (channels of different shape, spacing, origin "
+                                  "or direction?)")
+        raise UserError(f"case {case_id!r}: cannot read its image ({shown}): {type(error).__name__}: {why}") from None
+    native_2d, geometry = geometry_from_properties(properties, data.shape)
+    data = np.asarray(data[:, 0] if native_2d else data, dtype=np.float64)
+    return data, geometry
+
+
+def nonzero_bounding_box(image: np.ndarray) -> tuple[slice, ...]:
+    """The box nnU-Net's preprocessing crops every image to before normalising (``crop_to_nonzero``):
+    the bounding box of the voxels where any channel is non-zero (its hole filling adds no voxel
+    outside that box). ``image``: (C, *S). An all-zero image keeps its whole extent."""
+    occupied = np.any(image != 0, axis=0)
+    if not occupied.any():
+        return tuple(slice(0, n) for n in occupied.shape)
+    box = []
+    for axis in range(occupied.ndim):
+        hit = np.flatnonzero(occupied.any(axis=tuple(a for a in range(occupied.ndim) if a != axis)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def image_intensity(image: np.ndarray) -> dict[str, Any]:
+    """The file's ``image_intensity`` block: per channel mean and population standard deviation of the
+    RAW image over its :func:`nonzero_bounding_box` -- what nnU-Net's ZScoreNormalization (with
+    ``use_mask_for_norm`` False) subtracts and divides by. ``image``: (C, *S)."""
+    crop = image[(slice(None), *nonzero_bounding_box(image))].reshape(image.shape[0], -1)
+    return {"mean": json_floats(crop.mean(1)), "std": json_floats(crop.std(1)), "region": "nonzero_bounding_box"}
+
+
+def mask_intensity(image: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """Per channel mean and population standard deviation of ``image`` (C, *S) inside ``mask`` (*S):
+    :func:`nnunet_shape.core.intensity.class_intensity` in float64 on the binary mask -- on such a
+    mask pyradiomics' first-order ``Mean`` and ``StandardDeviation``."""
+    import torch
+
+    from nnunet_shape.core.intensity import class_intensity
+
+    probs = torch.from_numpy(np.asarray(mask, dtype=np.float64))[None, None]
+    stats = class_intensity(probs, torch.from_numpy(np.asarray(image, dtype=np.float64))[None])
+    return {"mean": json_floats(stats.mean[0, 0]), "std": json_floats(stats.std[0, 0])}
+
+
 def image_geometry(path: str | os.PathLike, reader_class: type) -> Geometry:
     """The :class:`Geometry` nnU-Net's reader gives an image (for comparison with its label map).
 
@@ -313,13 +373,15 @@ def mask_descriptors(mask: np.ndarray, spacing_mm: Sequence[float],
 
 
 def class_descriptors(labels: np.ndarray, spec: ClassSpec, geometry: Geometry,
-                      index: LabelIndex | None = None) -> dict[str, Any]:
+                      index: LabelIndex | None = None, image: np.ndarray | None = None) -> dict[str, Any]:
     """The JSON object of one class (or region) of a label map.
 
     Descriptors come from :func:`mask_descriptors` on the class's mask (float64, cropped).
     An absent class gives ``voxels: 0``, volume and surface 0 and null geometry. With
     ``index`` (:func:`index_labels`) only the class's bounding box (plus one voxel, so every
-    inside/outside face is kept) is read; the values are the same.
+    inside/outside face is kept) is read; the values are the same. With ``image`` ((C, *S), the
+    case's raw image on the label map's grid) the entry gets ``intensity`` (:func:`mask_intensity`;
+    null for an absent class).
     """
     import torch
 
@@ -329,10 +391,12 @@ def class_descriptors(labels: np.ndarray, spec: ClassSpec, geometry: Geometry,
     if index is not None:
         box = index.box(spec.labels, labels.shape)
         if box is None:
-            labels = labels[tuple(slice(0, 0) for _ in range(labels.ndim))]
+            box = tuple(slice(0, 0) for _ in range(labels.ndim))
         else:
-            labels = labels[box]
             offset = np.array([b.start for b in box], dtype=np.float64)
+        labels = labels[box]
+        if image is not None:
+            image = image[(slice(None), *box)]
     mask = np.isin(labels, spec.labels) if spec.region_labels is not None else labels == spec.label
     voxels = int(np.count_nonzero(mask))
     entry: dict[str, Any] = {"label": spec.label}
@@ -342,6 +406,8 @@ def class_descriptors(labels: np.ndarray, spec: ClassSpec, geometry: Geometry,
     if voxels == 0:
         entry.update({"volume_mm3": 0.0, "surface_mm2": 0.0})
         entry.update({name: None for name in GEOMETRY_FIELDS})
+        if image is not None:
+            entry["intensity"] = None
         return entry
 
     dim = labels.ndim
@@ -366,6 +432,8 @@ def class_descriptors(labels: np.ndarray, spec: ClassSpec, geometry: Geometry,
         "elongation": float(core.elongation(covariance)),
         "flatness": float(core.flatness(covariance)) if dim == 3 else None,
     })
+    if image is not None:
+        entry["intensity"] = mask_intensity(image, mask)
     return entry
 
 
@@ -385,15 +453,19 @@ def case_descriptors(
     source: Mapping[str, Any],
     export: Mapping[str, Any],
     index: LabelIndex | None = None,
+    image: np.ndarray | None = None,
+    image_files: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The complete v1 JSON object of one case (``kind: "measured"``).
 
     ``index``: the map's :func:`index_labels` (made here when not given): every class is then
-    measured in its bounding box only.
+    measured in its bounding box only. ``image`` ((C, *S) raw intensities on the label map's
+    grid): adds ``image_intensity`` (:func:`image_intensity`, with ``image_files`` as its
+    ``files``) and every class's ``intensity``.
     """
     if index is None:
         index = index_labels(labels, [v for spec in specs for v in spec.labels])
-    return {
+    out = {
         "schema": SCHEMA_ID,
         "kind": "measured",
         "case_id": case_id,
@@ -407,8 +479,11 @@ def case_descriptors(
         "direction": [list(row) for row in geometry.direction],
         "world_frame": geometry.world_frame,
         "units": _units(labels.ndim),
-        "classes": {spec.name: class_descriptors(labels, spec, geometry, index) for spec in specs},
     }
+    if image is not None:
+        out["image_intensity"] = {**image_intensity(image), "files": [dict(f) for f in image_files or ()]}
+    out["classes"] = {spec.name: class_descriptors(labels, spec, geometry, index, image) for spec in specs}
+    return out
 
 
 # ---------------------------------------------------------------------------------------

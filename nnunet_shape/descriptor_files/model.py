@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,9 @@ __all__ = [
     "NNUNET_2D_SPACING_FACTOR",
     "PathLike",
     "DescriptorFileError",
+    "INTENSITY_FIELD",
+    "IMAGE_INTENSITY_FIELD",
+    "ImageIntensity",
     "ClassDescriptors",
     "CaseDescriptors",
     "ClassSpec",
@@ -64,6 +67,12 @@ CORE_FIELD_OF_DESCRIPTOR: dict[str, str] = {
     "surface": "surface_mm2",
 }
 
+#: the optional per-class block (per channel raw ``mean`` / ``std`` inside the class) and the
+#: optional per-case block (per channel raw ``mean`` / ``std`` of the image nnU-Net normalises)
+INTENSITY_FIELD = "intensity"
+IMAGE_INTENSITY_FIELD = "image_intensity"
+
+
 class DescriptorFileError(UserError):
     """A descriptor file that cannot be used; the message names file, case and field."""
 
@@ -95,6 +104,9 @@ class ClassDescriptors:
         components: the number of connected components the file states the class has
             (optional field ``components``, an integer >= 1), else None. Largest-component
             postprocessing keeps that many (``nnunet-shape determine-postprocessing``).
+        intensity: the optional ``intensity`` block: ``"mean"`` / ``"std"`` -> ``(lower, upper)``
+            float64 arrays, one entry per image channel (``(C,)``; ``()`` for a scalar bound of a
+            prior that names no channel count), RAW image units; empty when not given.
     """
 
     name: str
@@ -104,11 +116,26 @@ class ClassDescriptors:
     bounds: dict[str, tuple[np.ndarray, np.ndarray]]
     region_labels: tuple[int, ...] | None = None
     components: int | None = None
+    intensity: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
     def absent(self) -> bool:
         """True when the class is known to be empty in this case (``voxels == 0``)."""
         return self.voxels == 0
+
+
+@dataclass(frozen=True)
+class ImageIntensity:
+    """The per-case ``image_intensity`` block: per channel ``mean`` and (population) ``std`` (C,)
+    of the RAW image over ``region`` -- what nnU-Net's ZScoreNormalization (no mask) divides by."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    region: str = "nonzero_bounding_box"
+
+    @property
+    def channels(self) -> int:
+        return int(self.mean.shape[0])
 
 
 @dataclass
@@ -125,6 +152,7 @@ class CaseDescriptors:
         raw: the parsed JSON object.
         kind: "measured" or "prior".
         origin_mm, direction: ITK world geometry (x, y, z order; direction as rows), if given.
+        image_intensity: the ``image_intensity`` block, if given.
     """
 
     case_id: str
@@ -137,6 +165,7 @@ class CaseDescriptors:
     kind: str = "measured"
     origin_mm: tuple[float, ...] | None = None
     direction: np.ndarray | None = None
+    image_intensity: ImageIntensity | None = None
 
     @property
     def dimension(self) -> int | None:

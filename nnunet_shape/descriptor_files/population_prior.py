@@ -37,7 +37,8 @@ from nnunet_shape.core.anatomical_frame import (
     ObliqueDirectionError,
     direction_matrix,
 )
-from nnunet_shape.core.relations import CentroidOffset, DescriptorRatio, NestedCentroid, Relation
+from nnunet_shape.core.intensity import ZSCORE_EPS
+from nnunet_shape.core.relations import CentroidOffset, DescriptorRatio, IntensityOrder, NestedCentroid, Relation
 from nnunet_shape.descriptor_files.json_schema import find_non_finite, json_schema_validator, load_json_schema
 from nnunet_shape.descriptor_files.model import PathLike, json_path
 
@@ -62,7 +63,8 @@ __all__ = [
 
 POPULATION_PRIOR_SCHEMA_ID = "nnunet-shape/population-prior/v1"
 POPULATION_PRIOR_FILE_NAME = "population_prior.json"
-RELATION_TYPES = ("centroid_offset", "volume_ratio", "spread_ratio", "equal_centroid", "nested_centroid")
+RELATION_TYPES = ("centroid_offset", "volume_ratio", "spread_ratio", "equal_centroid", "nested_centroid",
+                  "intensity_order")
 PRESENCE = ("required", "optional", "absent")
 
 
@@ -128,8 +130,9 @@ class ClassPrior:
 class RelationSpec:
     """One relation of the file. ``classes`` in the order of the type's fields
     (centroid_offset: from, to; ratios: numerator, denominator; equal_centroid: the two;
-    nested_centroid: inner, outer). ``axes`` per LPS axis (offset_mm / spread ratio),
-    ``interval`` (volume ratio), ``value`` (tolerance_mm / spreads)."""
+    nested_centroid: inner, outer; intensity_order: brighter, darker). ``axes`` per LPS axis
+    (offset_mm / spread ratio), ``interval`` (volume ratio), ``value`` (tolerance_mm / spreads /
+    min_difference_std), ``channel`` (intensity_order: the image channel)."""
 
     index: int
     type: str
@@ -137,6 +140,7 @@ class RelationSpec:
     axes: dict[str, Interval] = field(default_factory=dict)
     interval: Interval | None = None
     value: float | None = None
+    channel: int = 0
 
     @property
     def where(self) -> str:
@@ -188,6 +192,7 @@ _RELATION_CLASS_FIELDS = {
     "volume_ratio": ("numerator", "denominator"),
     "spread_ratio": ("numerator", "denominator"),
     "nested_centroid": ("inner", "outer"),
+    "intensity_order": ("brighter", "darker"),
 }
 
 
@@ -269,9 +274,17 @@ def validate_population_prior(raw: Any, path: PathLike | None = None,
             _check_interval(fail, parts + ("ratio",), interval, non_negative=True)
         elif kind == "equal_centroid":
             value = float(entry["tolerance_mm"])
+        elif kind == "intensity_order":
+            value = float(entry.get("min_difference_std", 0.0))
+            channel = int(entry.get("channel", 0))
+            declared = None if dataset_json is None else dataset_json.get("channel_names")
+            if isinstance(declared, Mapping) and channel >= len(declared):
+                raise fail(parts + ("channel",), f"channel {channel}, but dataset.json has {len(declared)} image "
+                                                 f"channel(s) (channel_names {sorted(declared)})")
         else:
             value = float(entry.get("spreads", 1.0))
-        relations.append(RelationSpec(index, kind, (str(names[0]), str(names[1])), axes, interval, value))
+        relations.append(RelationSpec(index, kind, (str(names[0]), str(names[1])), axes, interval, value,
+                                      int(entry.get("channel", 0))))
     return PopulationPrior(classes, tuple(relations), None if path is None else str(path), dict(raw))
 
 
@@ -297,7 +310,9 @@ class CaseMeasurement:
     """What the derivation needs of one case: its direction and measured class entries.
 
     ``classes``: {class name: the object of :func:`~nnunet_shape.descriptor_files.measure.class_descriptors`}
-    (array frame), ``shape``/``spacing_mm`` in array order.
+    (array frame), ``shape``/``spacing_mm`` in array order. ``image_intensity``: the case's
+    :func:`~nnunet_shape.descriptor_files.measure.image_intensity` block when it was measured with
+    its image (then every present class has ``intensity``), else None.
     """
 
     case_id: str
@@ -305,6 +320,7 @@ class CaseMeasurement:
     shape: tuple[int, ...]
     spacing_mm: tuple[float, ...]
     classes: Mapping[str, Mapping[str, Any]]
+    image_intensity: Mapping[str, Any] | None = None
 
 
 def _widen(values: Sequence[float], quantiles: tuple[float, float], margin: float,
@@ -341,8 +357,47 @@ def _anatomical_case(case: CaseMeasurement, max_oblique_degrees: float) -> dict[
             "centroid": frame.vector_to_anatomical(centroid),
             "spread": frame.spread_to_anatomical(np.asarray(entry["covariance_mm2"], dtype=np.float64)),
             "fraction": fraction,
+            "intensity_z": _zscore_mean(case, name, entry),
         }
     return out
+
+
+def _zscore_mean(case: CaseMeasurement, name: str, entry: Mapping[str, Any]) -> np.ndarray | None:
+    """(C,) class mean in nnU-Net's z-score units ``(mean - m) / s`` (None without the image)."""
+    if case.image_intensity is None:
+        return None
+    if entry.get("intensity") is None:
+        raise ValueError(f"derive_population_prior: case {case.case_id!r}: class {name!r} has no intensity, but the "
+                         f"case was measured with its image")
+    m = np.asarray(case.image_intensity["mean"], dtype=np.float64)
+    s = np.maximum(np.asarray(case.image_intensity["std"], dtype=np.float64), ZSCORE_EPS)
+    return (np.asarray(entry["intensity"]["mean"], dtype=np.float64) - m) / s
+
+
+def _intensity_relations(measured: Sequence[Mapping[str, Any]], names: Sequence[str],
+                         quant: tuple[float, float], margin: float) -> list[dict[str, Any]]:
+    """``intensity_order`` relations: per pair of classes and channel, the one that is brighter in
+    EVERY case where both are present (z-score units), with the interval rule's lower end as
+    ``min_difference_std`` (clipped at 0); pairs whose order changes between cases get none."""
+    relations = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            pairs = [(m[a]["intensity_z"], m[b]["intensity_z"]) for m in measured if a in m and b in m]
+            if not pairs:
+                continue
+            differences = np.array([za - zb for za, zb in pairs])  # (cases, C)
+            for channel in range(differences.shape[1]):
+                d = differences[:, channel]
+                if np.all(d > 0):
+                    brighter, darker = a, b
+                elif np.all(d < 0):
+                    brighter, darker, d = b, a, -d
+                else:
+                    continue
+                low = _widen(d, quant, margin, True)["min"]
+                relations.append({"type": "intensity_order", "brighter": brighter, "darker": darker,
+                                  "channel": channel, "min_difference_std": low})
+    return relations
 
 
 def derive_population_prior(
@@ -365,6 +420,11 @@ def derive_population_prior(
     ``quantiles`` (percent, linear interpolation) of the values, widened by
     ``margin x max(width, |midpoint|)`` on each side; non-negative quantities are clipped
     at 0, fractions at [0, 1].
+
+    Cases measured with their images (``image_intensity`` given -- all cases or none) add
+    ``intensity_order`` relations: for each pair of classes and image channel whose order of
+    z-scored class means ``(mean - m) / s`` is the same in every case where both are present,
+    "brighter than" with ``min_difference_std`` the lower end of that interval rule (>= 0).
     """
     q_lo, q_hi = (float(q) for q in quantiles)
     if not 0 <= q_lo <= q_hi <= 100:
@@ -374,6 +434,11 @@ def derive_population_prior(
     if not cases:
         raise ValueError("derive_population_prior: no cases to learn from")
     quant = (q_lo, q_hi)
+    with_images = [c.image_intensity is not None for c in cases]
+    if any(with_images) and not all(with_images):
+        missing = [c.case_id for c in cases if c.image_intensity is None]
+        raise ValueError(f"derive_population_prior: cases {missing} were measured without their images, the others "
+                         f"with them; intensity relations need every case's image")
     measured = [_anatomical_case(c, max_oblique_degrees) for c in cases]
     classes: dict[str, Any] = {}
     for name, label in labels.items():
@@ -412,6 +477,8 @@ def derive_population_prior(
                                              True)
             if spread_axes:
                 relations.append({"type": "spread_ratio", "numerator": b, "denominator": a, "ratio": spread_axes})
+    if all(with_images):
+        relations += _intensity_relations(measured, names, quant, margin)
     out: dict[str, Any] = {"schema": POPULATION_PRIOR_SCHEMA_ID, "frame": "LPS"}
     out["source"] = {"cases": len(cases), "quantiles": [q_lo, q_hi], "margin": float(margin), **dict(source or {})}
     out["classes"] = classes
@@ -440,6 +507,8 @@ def _relation_constraints(prior: PopulationPrior, frame: AnatomicalFrame) -> tup
             elif spec.type == "equal_centroid":
                 tol = float(spec.value)
                 out.append(CentroidOffset(a, b, (-tol,) * 3, (tol,) * 3))
+            elif spec.type == "intensity_order":
+                out.append(IntensityOrder(a, b, spec.channel, float(spec.value)))
             else:
                 out.append(NestedCentroid(a, b, float(spec.value)))
         except ObliqueDirectionError as error:

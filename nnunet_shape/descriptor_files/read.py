@@ -26,12 +26,15 @@ import numpy as np
 from nnunet_shape.descriptor_files.json_schema import find_non_finite, json_schema_validator, load_json_schema
 from nnunet_shape.descriptor_files.model import (
     DESCRIPTOR_FIELDS,
+    IMAGE_INTENSITY_FIELD,
+    INTENSITY_FIELD,
     SCHEMA_ID,
     SUMMARY_FILE_NAME,
     CaseDescriptors,
     ClassDescriptors,
     ClassSpec,
     DescriptorFileError,
+    ImageIntensity,
     PathLike,
     class_specs_from_dataset_json,
     json_path,
@@ -100,6 +103,37 @@ def _components(value: Any) -> list[Any]:
 
 def _expected_classes(dataset_json: Mapping[str, Any]) -> dict[str, ClassSpec]:
     return {spec.name: spec for spec in class_specs_from_dataset_json(dataset_json)}
+
+
+def _dataset_channels(dataset_json: Mapping[str, Any]) -> int | None:
+    """Number of image channels dataset.json declares (``channel_names``, or the old ``modality``)."""
+    names = dataset_json.get("channel_names", dataset_json.get("modality"))
+    return len(names) if isinstance(names, Mapping) else None
+
+
+def _intensity_channels(raw: Mapping[str, Any], fail) -> tuple[int | None, tuple[Any, ...]]:
+    """The number of image channels of a file's intensity blocks (``image_intensity`` first, else the
+    first list of a class's ``intensity``) and the field it comes from; every list must agree."""
+    channels, source = None, ()
+    block = raw.get(IMAGE_INTENSITY_FIELD)
+    if block is not None:
+        channels, source = len(block["mean"]), (IMAGE_INTENSITY_FIELD, "mean")
+        if len(block["std"]) != channels:
+            raise fail((IMAGE_INTENSITY_FIELD, "std"), f"wrong number of channels: {len(block['std'])} entries, "
+                                                      f"expected {channels} (from {json_path(source)})")
+    for name, entry in raw["classes"].items():
+        intensity = entry.get(INTENSITY_FIELD)
+        if not isinstance(intensity, dict):
+            continue
+        for stat in ("mean", "std"):
+            for array in _components(intensity.get(stat)):
+                if channels is None:
+                    channels, source = len(array), ("classes", name, INTENSITY_FIELD, stat)
+                elif len(array) != channels:
+                    raise fail(("classes", name, INTENSITY_FIELD, stat), f"wrong number of channels: {len(array)} "
+                                                                        f"entries, expected {channels} (from "
+                                                                        f"{json_path(source)})")
+    return channels, source
 
 
 def load_case_descriptors(path: PathLike, dataset_json: Mapping[str, Any] | None = None) -> CaseDescriptors:
@@ -178,6 +212,20 @@ def load_case_descriptors(path: PathLike, dataset_json: Mapping[str, Any] | None
     if world_dim is None:
         world_dim = dim
 
+    # --- intensity blocks (optional): one entry per image channel ---------------------------
+    channels, channel_source = _intensity_channels(raw, fail)
+    image_intensity = None
+    if IMAGE_INTENSITY_FIELD in raw:
+        block = raw[IMAGE_INTENSITY_FIELD]
+        image_intensity = ImageIntensity(np.asarray(block["mean"], dtype=np.float64),
+                                         np.asarray(block["std"], dtype=np.float64),
+                                         block.get("region", "nonzero_bounding_box"))
+    if dataset_json is not None and channels is not None:
+        declared = _dataset_channels(dataset_json)
+        if declared is not None and declared != channels:
+            raise fail(channel_source, f"wrong number of channels: {channels}, but dataset.json "
+                                                         f"has {declared} channel_names")
+
     classes_raw: dict = raw["classes"]
     for name, entry in classes_raw.items():
         for field_name, rank in DESCRIPTOR_FIELDS.items():
@@ -226,8 +274,30 @@ def load_case_descriptors(path: PathLike, dataset_json: Mapping[str, Any] | None
                 values[field_name] = value
         if "principal_axes_mm" in entry:
             values["principal_axes_mm"] = entry["principal_axes_mm"]
+        intensity: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        block = entry.get(INTENSITY_FIELD)
+        for stat in ("mean", "std") if isinstance(block, dict) else ():
+            if stat not in block:
+                continue
+            lower, upper = _bounds_of(block[stat], None if channels is None else (channels,))
+            with np.errstate(invalid="ignore"):
+                crossed = lower > upper
+            if np.any(crossed):
+                raise fail(("classes", name, INTENSITY_FIELD, stat), f"min > max ({lower.tolist()} > {upper.tolist()})")
+            intensity[stat] = (lower, upper)
         voxels = entry.get("voxels")
         if kind == "measured":
+            if image_intensity is not None and INTENSITY_FIELD not in entry:
+                raise fail(("classes", name), f"missing {INTENSITY_FIELD!r}: the file has {IMAGE_INTENSITY_FIELD}, so "
+                                              f"every class lists its intensity (null when absent)")
+            if image_intensity is None and INTENSITY_FIELD in entry:
+                raise fail((IMAGE_INTENSITY_FIELD,), f"missing: class {name!r} has an {INTENSITY_FIELD!r} block, which "
+                                                     f"a measured file comes with (re-export with --intensity)")
+            if voxels == 0 and entry.get(INTENSITY_FIELD) is not None:
+                raise fail(("classes", name, INTENSITY_FIELD), "absent class (voxels == 0) must have null intensity")
+            if voxels and INTENSITY_FIELD in entry and entry[INTENSITY_FIELD] is None:
+                raise fail(("classes", name, INTENSITY_FIELD),
+                           f"null intensity for a present class (voxels = {voxels})")
             geometry_null = [f for f in ("centroid_mm", "centroid_world_mm", "centroid_voxel", "spread_mm",
                                          "covariance_mm2", "principal_axes_mm") if entry[f] is None]
             if voxels == 0 and len(geometry_null) < 6:
@@ -246,6 +316,7 @@ def load_case_descriptors(path: PathLike, dataset_json: Mapping[str, Any] | None
             bounds=bounds,
             region_labels=tuple(region) if region is not None else None,
             components=entry.get("components"),
+            intensity=intensity,
         )
 
     # --- class names against dataset.json ------------------------------------------------
@@ -284,6 +355,7 @@ def load_case_descriptors(path: PathLike, dataset_json: Mapping[str, Any] | None
         kind=kind,
         origin_mm=origin,
         direction=direction,
+        image_intensity=image_intensity,
     )
 
 

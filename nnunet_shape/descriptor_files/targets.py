@@ -11,9 +11,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nnunet_shape.core.intensity import zscore_intensity_targets
 from nnunet_shape.descriptor_files.model import (
     CORE_FIELD_OF_DESCRIPTOR,
     DESCRIPTOR_FIELDS,
+    IMAGE_INTENSITY_FIELD,
+    INTENSITY_FIELD,
     CaseDescriptors,
     ClassDescriptors,
     DescriptorFileError,
@@ -21,7 +24,7 @@ from nnunet_shape.descriptor_files.model import (
     json_path,
 )
 
-__all__ = ["case_targets_array_frame"]
+__all__ = ["case_targets_array_frame", "case_intensity_targets", "case_intensity_targets_zscore"]
 
 
 def _signed_permutation(matrix: np.ndarray) -> bool:
@@ -146,3 +149,64 @@ def case_targets_array_frame(
             out[name][0][index] = lower
             out[name][1][index] = upper
     return out
+
+
+def case_intensity_targets(
+    case: CaseDescriptors, class_labels: Sequence[int | str], channels: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Lower/upper bounds of the class intensity statistics, RAW image units.
+
+    Args:
+        case: a loaded descriptor file.
+        class_labels: as for :func:`case_targets_array_frame` (entry 0, the background, is NaN).
+        channels: number of image channels C the trainer sees.
+    Returns:
+        ``{"mean": (K, C), "std": (K, C)}`` pairs ``(lower, upper)`` of float64 arrays; NaN =
+        unconstrained (classes without an ``intensity`` block, absent classes, the background).
+    Raises:
+        DescriptorFileError naming the file and field when a block has another number of channels.
+    """
+    k = len(class_labels)
+    out = {stat: (np.full((k, channels), np.nan), np.full((k, channels), np.nan)) for stat in ("mean", "std")}
+    by_label = {cls.label: cls for cls in case.classes.values() if cls.label is not None}
+    for index, key in enumerate(class_labels):
+        if index == 0:
+            continue
+        cls = case.classes.get(key) if isinstance(key, str) else by_label.get(int(key))
+        if cls is None or cls.absent:
+            continue
+        for stat, (lower, upper) in cls.intensity.items():
+            if lower.ndim and lower.shape[0] != channels:
+                raise DescriptorFileError(case.path, case.case_id, json_path(("classes", cls.name, INTENSITY_FIELD,
+                                                                              stat)),
+                                          f"wrong number of channels: {lower.shape[0]} entries, the images have "
+                                          f"{channels}")
+            out[stat][0][index] = lower
+            out[stat][1][index] = upper
+    return out
+
+
+def case_intensity_targets_zscore(
+    case: CaseDescriptors, class_labels: Sequence[int | str], channels: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """:func:`case_intensity_targets` in the units of nnU-Net's ZScoreNormalization without mask,
+    converted with the file's ``image_intensity`` block (``(v - m) / s`` for means, ``v / s`` for
+    standard deviations; :func:`nnunet_shape.core.intensity.zscore_intensity_targets`).
+
+    A file whose classes give intensities but which has no ``image_intensity`` block (or one with
+    another number of channels) is a DescriptorFileError naming the file and the field.
+    """
+    raw = case_intensity_targets(case, class_labels, channels)
+    if not any(np.isfinite(lo).any() or np.isfinite(hi).any() for lo, hi in raw.values()):
+        return raw
+    where = json_path((IMAGE_INTENSITY_FIELD,))
+    if case.image_intensity is None:
+        raise DescriptorFileError(case.path, case.case_id, where,
+                                  "missing: the classes give raw intensities, which need the image's mean and "
+                                  "std to be converted to nnU-Net's normalised units (nnUNetv2_export_descriptors "
+                                  "--intensity writes both)")
+    if case.image_intensity.channels != channels:
+        raise DescriptorFileError(case.path, case.case_id, where,
+                                  f"wrong number of channels: {case.image_intensity.channels}, the images have "
+                                  f"{channels}")
+    return zscore_intensity_targets(raw, case.image_intensity.mean, case.image_intensity.std)

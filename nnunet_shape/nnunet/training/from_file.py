@@ -37,10 +37,11 @@ from nnunet_shape.core.geometry import (
     training_patch_affine,
     transform_targets,
 )
+from nnunet_shape.core.intensity import IntensityBounds, intensity_bounds_from_targets
 from nnunet_shape.core.losses import DescriptorBounds, bounds_from_targets
 from nnunet_shape.descriptor_files.measure import volume_and_centroid_errors
 from nnunet_shape.descriptor_files.read import load_descriptor_folder
-from nnunet_shape.descriptor_files.targets import case_targets_array_frame
+from nnunet_shape.descriptor_files.targets import case_intensity_targets_zscore, case_targets_array_frame
 from nnunet_shape.errors import UserError
 from nnunet_shape.nnunet.training.shape_trainers import checked_case_spacing, nnUNetTrainerShapeDescriptors
 from nnunet_shape.nnunet.training.variants import (
@@ -49,6 +50,7 @@ from nnunet_shape.nnunet.training.variants import (
     Schedule5Epochs,
     Schedule50Epochs,
     Schedule250Epochs,
+    trainer_names,
 )
 from nnunet_shape.nnunet.training.whole_scan import WholeCaseDataLoader, load_preprocessed_image
 
@@ -254,6 +256,7 @@ class nnUNetTrainerShapeDescriptorsFromFile(nnUNetTrainerShapeDescriptors):
         if self.label_manager.has_regions:
             raise ValueError(f"{self.__class__.__name__}: region-based datasets are not supported from files yet")
         self._file_targets: dict[str, tuple[Targets, tuple[float, ...], tuple[int, ...]]] = {}
+        self._intensity_targets: dict[str, Targets] = {}
         self._case_files = None
 
     # ------------------------------------------------------------------------------ data
@@ -301,6 +304,8 @@ class nnUNetTrainerShapeDescriptorsFromFile(nnUNetTrainerShapeDescriptors):
         from nnunet_shape.descriptor_files.read import check_case_matches_image
 
         files = self._load_case_files()
+        if self.intensity_weight:
+            self.check_zscore_normalisation("the descriptor files' intensities")
         folder = self.preprocessed_dataset_folder
         identifiers = sorted(infer_dataset_class(folder).get_identifiers(folder))
         missing = [key for key in identifiers if key not in files]
@@ -318,6 +323,50 @@ class nnUNetTrainerShapeDescriptorsFromFile(nnUNetTrainerShapeDescriptors):
             _, geometry = geometry_from_properties(properties, (1, *raw_shape))
             check_case_matches_image(files[key], f"of case {key} (as nnU-Net preprocessed it, {folder})",
                                      geometry.shape, geometry.spacing_mm, geometry.origin_mm, geometry.direction)
+
+    def check_zscore_normalisation(self, what: str) -> None:
+        """UserError unless every image channel is normalised with ZScoreNormalization without mask.
+
+        Intensities in nnU-Net's z-score units (files converted with their ``image_intensity``,
+        population-prior differences in standard deviations) are ``(I - m) / s`` of each case's own
+        image only under that scheme; ``what`` names the source in the message, which names the
+        channel, the scheme and the plans."""
+        manager = self.configuration_manager
+        names = self.dataset_json.get("channel_names", self.dataset_json.get("modality", {}))
+        for channel, scheme in enumerate(manager.normalization_schemes):
+            masked = bool(manager.use_mask_for_norm[channel])
+            if scheme != "ZScoreNormalization" or masked:
+                how = scheme + (" with use_mask_for_norm" if masked else "")
+                raise UserError(
+                    f"{self.__class__.__name__}: {what} are in nnU-Net's z-score units, but image channel {channel} "
+                    f"({names.get(str(channel), '?')}) of configuration {self.configuration_name} is normalised "
+                    f"with {how} ({self.plans_manager.plans_name}); only ZScoreNormalization without mask "
+                    f"(use_mask_for_norm false) maps each case's raw intensities by (I - mean) / std. Set that "
+                    f"scheme for the channel in the plans and preprocess again, or train without intensity")
+
+    def _intensity_targets_for_case(self, key: str, channels: int) -> Targets:
+        """``{"mean": (K, C), "std": (K, C)}`` bound pairs of ``key`` in z-score units, from its file's raw
+        class intensities and ``image_intensity`` (cached; intensities need no spatial map)."""
+        if key not in self._intensity_targets:
+            self.check_zscore_normalisation("the descriptor files' intensities")
+            case = self._load_case_files()[key]
+            labels = [0, *self.label_manager.foreground_labels]
+            self._intensity_targets[key] = case_intensity_targets_zscore(case, labels, channels)
+        return self._intensity_targets[key]
+
+    def _intensity_bounds(self, batch: dict, image: torch.Tensor) -> IntensityBounds:
+        """From the descriptor files, converted to nnU-Net's normalised units (no label is read);
+        exact values get the intensity margins, ranges stay."""
+        channels = image.shape[1]
+        per_case = [self._intensity_targets_for_case(key, channels) for key in batch["keys"]]
+        targets = {}
+        for stat in self.intensity_statistics:
+            lower = np.stack([t[stat][0] for t in per_case])
+            upper = np.stack([t[stat][1] for t in per_case])
+            targets[stat] = (torch.from_numpy(lower).to(image.device, torch.float32),
+                             torch.from_numpy(upper).to(image.device, torch.float32))
+        return intensity_bounds_from_targets(targets, None, self.intensity_relative_margin,
+                                             self.intensity_absolute_margin)
 
     def _targets_for_case(self, key: str) -> tuple[Targets, tuple[float, ...], tuple[int, ...]]:
         """Targets of ``key`` in its preprocessed frame, its spacing and shape (cached)."""
@@ -428,7 +477,5 @@ class nnUNetTrainerShapeDescriptorsFromFile_debug(DebugSchedule, nnUNetTrainerSh
 
 
 #: every trainer class defined in this module (what the trainers/ re-export module exposes)
-TRAINER_NAMES: tuple[str, ...] = tuple(
-    name for name, value in list(globals().items())
-    if isinstance(value, type) and issubclass(value, nnUNetTrainerShapeDescriptors) and value.__module__ == __name__)
+TRAINER_NAMES: tuple[str, ...] = trainer_names(globals())
 __all__ = list(TRAINER_NAMES)

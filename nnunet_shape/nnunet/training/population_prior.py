@@ -48,8 +48,9 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 
 from nnunet_shape.core.bounds import DescriptorBounds
 from nnunet_shape.core.geometry import clean_round_off, interval_linear, monomial_parts, physical_affine
+from nnunet_shape.core.intensity import intensity_values
 from nnunet_shape.core.priors import PriorContext, PriorPenalty
-from nnunet_shape.core.relations import CentroidOffset, DescriptorRatio, NestedCentroid, Relation
+from nnunet_shape.core.relations import CentroidOffset, DescriptorRatio, IntensityOrder, NestedCentroid, Relation
 from nnunet_shape.descriptor_files.measure import geometry_from_properties
 from nnunet_shape.descriptor_files.population_prior import (
     POPULATION_PRIOR_FILE_NAME,
@@ -66,7 +67,6 @@ from nnunet_shape.nnunet.training.from_file import (
 from nnunet_shape.nnunet.training.shape_trainers import (
     HARD_PREFIX,
     SOFT_PREFIX,
-    nnUNetTrainerShapeDescriptors,
     nnUNetTrainerShapeDescriptorsImageAware,
 )
 from nnunet_shape.nnunet.training.variants import (
@@ -75,6 +75,7 @@ from nnunet_shape.nnunet.training.variants import (
     Schedule5Epochs,
     Schedule50Epochs,
     Schedule250Epochs,
+    trainer_names,
 )
 from nnunet_shape.nnunet.training.whole_scan import load_preprocessed_image
 
@@ -106,6 +107,7 @@ def relations_after_affine(relations: Sequence[Relation], matrix: np.ndarray) ->
     * spread :class:`DescriptorRatio`, :class:`NestedCentroid`: under a scaled signed
       permutation ``Y_i = a_i X_pi(i)`` they are the same statements with permuted axes
       (both sides scale by ``|a_i|``); otherwise (rotation) None: no per-axis statement holds.
+    * :class:`IntensityOrder`: unchanged (class means of the image have no axis).
     """
     a = clean_round_off(np.asarray(matrix, dtype=np.float64))
     monomial = monomial_parts(a)
@@ -115,7 +117,8 @@ def relations_after_affine(relations: Sequence[Relation], matrix: np.ndarray) ->
             lo, hi = interval_linear(a, np.asarray([relation.low], dtype=np.float64),
                                       np.asarray([relation.high], dtype=np.float64), np.zeros(a.shape[0]))
             out.append(CentroidOffset(relation.class_from, relation.class_to, tuple(lo[0]), tuple(hi[0])))
-        elif isinstance(relation, DescriptorRatio) and relation.descriptor != "spread":
+        elif isinstance(relation, IntensityOrder) or (isinstance(relation, DescriptorRatio)
+                                                       and relation.descriptor != "spread"):
             out.append(relation)
         elif monomial is None:
             out.append(None)
@@ -220,15 +223,29 @@ class nnUNetTrainerShapePopulationPrior(nnUNetTrainerShapeDescriptorsFromFile):
         self._case_constraints: dict[str, CaseConstraints] = {}
         self._dropped_reported = False
         self._loss_results: list = []
+        if self.intensity_weight:
+            raise ValueError(f"{self.__class__.__name__}: intensity_weight must be 0: a population prior has no "
+                             f"per-case intensities (state 'intensity_order' relations in the prior file instead)")
+
+    def _uses_intensity(self) -> bool:
+        """The prior's ``intensity_order`` relations need the class intensities of the image."""
+        return any(spec.type == "intensity_order" for spec in self._load_prior().relations)
 
     def _descriptor_log_keys(self) -> list[str]:
         return [*super()._descriptor_log_keys(), SOFT_PREFIX + RELATIONS_KEY, HARD_PREFIX + RELATIONS_KEY]
 
     def _build_loss(self):
         loss = super()._build_loss()
-        # the step calls the loss twice (soft output, hard prediction); keep both results
+        # the step's soft result (the loss module's forward); _hard_result adds the hard one
         loss.register_forward_hook(lambda module, args, output: self._loss_results.append(output))
         return loss
+
+    def _hard_result(self, *args, **kwargs):
+        # the hard prediction goes through the functional loss (no forward hook): keep its result
+        # too, so that the relations' hard codes are the hard prediction's, not the soft output's
+        result = super()._hard_result(*args, **kwargs)
+        self._loss_results.append(result)
+        return result
 
     # --------------------------------------------------------------------------- the prior
     def _load_prior(self) -> PopulationPrior:
@@ -255,6 +272,9 @@ class nnUNetTrainerShapePopulationPrior(nnUNetTrainerShapeDescriptorsFromFile):
         epoch, naming the file and the field."""
         from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
+        if self._uses_intensity():
+            self.check_zscore_normalisation(
+                f"the intensity_order relations of {population_prior_file(self.plans_manager.dataset_name)}")
         folder = self.preprocessed_dataset_folder
         for key in sorted(infer_dataset_class(folder).get_identifiers(folder)):
             self._constraints_for_case(key)
@@ -358,8 +378,12 @@ class nnUNetTrainerShapePopulationPrior(nnUNetTrainerShapeDescriptorsFromFile):
             cc = self._constraints_for_case(key)
             hard = torch.nn.functional.one_hot(logits.float().argmax(0), logits.shape[0])
             hard = hard.movedim(-1, 0)[None].double()
+            values = None
+            if self._uses_intensity():  # the class means of the hard prediction in the image it was predicted on
+                data, _ = load_preprocessed_image(self.preprocessed_dataset_folder, key)
+                values = intensity_values(hard, torch.from_numpy(np.asarray(data[:], dtype=np.float64))[None])
             result = shape_descriptor_loss(hard, cc.bounds(torch.float64), torch.tensor(cc.spacing)[None],
-                                           descriptors=self.descriptors, priors=cc.relations)
+                                           descriptors=self.descriptors, priors=cc.relations, values=values)
             row: dict[str, dict] = {}
             for name, ok in result.satisfied.items():
                 active = result.active[name][0]
@@ -408,7 +432,5 @@ class nnUNetTrainerShapePopulationPriorImageAware_debug(
 
 
 #: every trainer class defined in this module (what the trainers/ re-export module exposes)
-TRAINER_NAMES: tuple[str, ...] = tuple(
-    name for name, value in list(globals().items())
-    if isinstance(value, type) and issubclass(value, nnUNetTrainerShapeDescriptors) and value.__module__ == __name__)
+TRAINER_NAMES: tuple[str, ...] = trainer_names(globals())
 __all__ = list(TRAINER_NAMES)

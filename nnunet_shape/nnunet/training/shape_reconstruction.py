@@ -44,6 +44,7 @@ from nnunet_shape.nnunet.training.variants import (
     Schedule5Epochs,
     Schedule50Epochs,
     Schedule250Epochs,
+    trainer_names,
 )
 
 #: the voxel weightings of the reconstruction term this trainer knows
@@ -105,7 +106,5 @@ class nnUNetTrainerShapeDescriptorsRecon_debug(DebugSchedule, nnUNetTrainerShape
 
 
 #: every trainer class defined in this module (what the trainers/ re-export module exposes)
-TRAINER_NAMES: tuple[str, ...] = tuple(
-    name for name, value in list(globals().items())
-    if isinstance(value, type) and issubclass(value, nnUNetTrainerShapeDescriptors) and value.__module__ == __name__)
+TRAINER_NAMES: tuple[str, ...] = trainer_names(globals())
 __all__ = list(TRAINER_NAMES)

@@ -31,8 +31,18 @@ from torch import autocast
 
 from nnunet_shape.core.barrier import BarrierSchedule
 from nnunet_shape.core.bounds import DescriptorBounds
+from nnunet_shape.core.descriptors import one_hot_labels
 from nnunet_shape.core.geometry import preprocessed_spacing
 from nnunet_shape.core.image_terms import edge_aware_boundary, prediction_entropy, region_homogeneity
+from nnunet_shape.core.intensity import (
+    INTENSITY_STATISTICS,
+    INTENSITY_VALUE_KEYS,
+    IntensityBounds,
+    IntensityBoundsTerm,
+    class_intensity,
+    intensity_bounds_from_targets,
+    intensity_values,
+)
 from nnunet_shape.core.losses import ShapeDescriptorLoss, shape_descriptor_loss
 from nnunet_shape.errors import UserError
 from nnunet_shape.nnunet.training.progress import plot_descriptor_progress
@@ -42,6 +52,7 @@ from nnunet_shape.nnunet.training.variants import (
     Schedule5Epochs,
     Schedule50Epochs,
     Schedule250Epochs,
+    trainer_names,
 )
 from nnunet_shape.nnunet.training.whole_scan import load_preprocessed_image, nnUNetTrainerWholeScan
 
@@ -76,6 +87,14 @@ def satisfaction_codes(result, descriptors: Sequence[str], prefix: str = "satisf
     return {f"{prefix}{name}": torch.where(result.active[name], result.satisfied[name].to(torch.int8),
                                            torch.full_like(result.satisfied[name], -1, dtype=torch.int8))
             for name in descriptors}
+
+
+def intensity_satisfaction_names(trainer) -> tuple[str, ...]:
+    """The satisfaction entries of a trainer's per-case intensity bounds (``intensity_mean``, ...;
+    none while its ``intensity_weight`` is 0)."""
+    if not getattr(trainer, "intensity_weight", 0.0):
+        return ()
+    return tuple(INTENSITY_VALUE_KEYS[s] for s in trainer.intensity_statistics)
 
 
 def checked_case_spacing(case: str, spacing) -> tuple[float, ...]:
@@ -116,9 +135,23 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
     #: standard deviation of the foreground intensities)
     edge_sigma: float = 0.5
     entropy_weight: float = 0.0
+    #: intensity descriptors (docs/method.md, "Intensity descriptors"): per-case bounds on the soft
+    #: class statistics of the normalised image the network sees -- ``intensity_statistics``:
+    #: "mean" (add "std" for the standard deviations) -- and the weight of their barrier terms;
+    #: 0 = off. Paper 000's setting (this class) uses none.
+    intensity_weight: float = 0.0
+    intensity_statistics: tuple[str, ...] = ("mean",)
+    #: half-width max(relative |tau|, absolute) of each band; absolute in normalised units (z-score:
+    #: standard deviations of the image)
+    intensity_relative_margin: float = 0.1
+    intensity_absolute_margin: float = 0.1
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        unknown = [s for s in self.intensity_statistics if s not in INTENSITY_STATISTICS]
+        if unknown:
+            raise ValueError(f"{type(self).__name__}.intensity_statistics: unknown {unknown}; known: "
+                             f"{INTENSITY_STATISTICS}")
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = self.initial_learning_rate
         self.barrier_schedule = BarrierSchedule(self.barrier_t0, self.barrier_factor, self.barrier_t_max)
@@ -131,7 +164,17 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         """The logger keys this trainer adds (each gets one value per epoch)."""
         return [T_KEY, TRAIN_SATISFACTION_KEY, VAL_SATISFACTION_KEY, EMA_SATISFACTION_KEY,
                 TRAIN_HARD_SATISFACTION_KEY, VAL_HARD_SATISFACTION_KEY, EMA_HARD_SATISFACTION_KEY,
-                *[prefix + name for prefix in (SOFT_PREFIX, HARD_PREFIX) for name in self.descriptors]]
+                *[prefix + name for prefix in (SOFT_PREFIX, HARD_PREFIX) for name in self._satisfaction_names()]]
+
+    def _satisfaction_names(self) -> tuple[str, ...]:
+        """What the satisfaction is logged for (and checkpoint_best selected by): the descriptors
+        and, with the intensity terms on, one entry per statistic (``intensity_mean``, ...)."""
+        return (*self.descriptors, *intensity_satisfaction_names(self))
+
+    def _uses_intensity(self) -> bool:
+        """Whether the loss needs the soft class intensities of the image (``values`` of the loss):
+        for the per-case intensity bounds here; subclasses add intensity relations."""
+        return bool(self.intensity_weight)
 
     def configure_optimizers(self):
         if self.optimizer_name == "sgd":
@@ -207,23 +250,73 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
             output = self.network(data)
         output = output[0] if isinstance(output, (list, tuple)) else output
         probabilities = self._probabilities(output)
-        result = self.loss(probabilities, bounds, spacing, return_result=True)
-        hard = self._hard_result(probabilities, bounds, spacing)
+        image = data.float() if self._uses_intensity() else None
+        values = intensity_values(probabilities, image) if image is not None else None
+        result = self.loss(probabilities, bounds, spacing, return_result=True, values=values)
+        hard = self._hard_result(probabilities, bounds, spacing, image)
         satisfied = {**satisfaction_codes(result, self.descriptors),
                      **satisfaction_codes(hard, self.descriptors, prefix="hard_satisfied_")}
-        return result.loss + self._extra_loss(data, probabilities, spacing), output, satisfied
+        loss = result.loss + self._extra_loss(data, probabilities, spacing)
+        if self.intensity_weight:
+            soft_i, hard_i = self._intensity_results(batch, image, probabilities, bounds, values)
+            names = self._satisfaction_names()[len(self.descriptors):]
+            satisfied.update({**satisfaction_codes(soft_i, names),
+                              **satisfaction_codes(hard_i, names, prefix="hard_satisfied_")})
+            loss = loss + self.intensity_weight * soft_i.loss
+        return loss, output, satisfied
 
-    def _hard_result(self, probabilities: torch.Tensor, bounds: DescriptorBounds, spacing: torch.Tensor):
+    def _hard_result(self, probabilities: torch.Tensor, bounds: DescriptorBounds, spacing: torch.Tensor,
+                     image: torch.Tensor | None = None):
         """The loss result of the hard prediction against the same bounds (no gradient). The
         functional loss is called directly, so the loss module's state (``last_result``) stays
-        that of the soft output."""
+        that of the soft output. ``image`` (the normalised input): the hard prediction's class
+        intensities are handed to the loss too (for intensity relations among the priors)."""
         loss = self.loss
         hard = hard_prediction(probabilities.detach(), self.label_manager.has_regions)
         with torch.no_grad():
+            values = intensity_values(hard, image) if image is not None else None
             return shape_descriptor_loss(hard, loss.make_bounds(bounds, hard.shape[1], hard.shape[2:], spacing),
                                          spacing=spacing, t=loss.t, descriptors=loss.descriptors,
                                          include_background=loss.include_background, priors=loss.priors,
-                                         reduction=loss.reduction, scale_mode=loss.scale_mode)
+                                         reduction=loss.reduction, values=values, scale_mode=loss.scale_mode)
+
+    # ------------------------------------------------------------------------- intensity
+    def _intensity_bounds(self, batch: dict, image: torch.Tensor) -> IntensityBounds:
+        """Per-case bounds on the class statistics of ``image`` ((B, C, *S), the normalised input).
+
+        Here from the labels, like the descriptor targets: the statistics of the batch's augmented
+        label map (one-hot; regions: the masks) on the same augmented image, widened by
+        ``intensity_relative_margin`` / ``intensity_absolute_margin``; classes absent from a
+        sample are unconstrained. No unit conversion: target and prediction see one image.
+        Subclasses with another source of targets override this method."""
+        target = self._label_map(batch)
+        with torch.no_grad():
+            if self.label_manager.has_regions:
+                masks = target.float()
+            else:
+                masks = one_hot_labels(target, self.label_manager.num_segmentation_heads, torch.float32,
+                                       spatial_dims=image.ndim - 2, validate=False)
+            stats = class_intensity(masks, image)
+            present = masks.flatten(2).sum(2) > 0
+        targets = {s: getattr(stats, s) for s in self.intensity_statistics}
+        return intensity_bounds_from_targets(targets, present, self.intensity_relative_margin,
+                                             self.intensity_absolute_margin)
+
+    def _intensity_results(self, batch: dict, image: torch.Tensor, probabilities: torch.Tensor,
+                           bounds: DescriptorBounds, values: dict[str, torch.Tensor]):
+        """The loss results (soft output, hard prediction) of the per-case intensity bounds alone:
+        one barrier term per statistic (:class:`~nnunet_shape.core.intensity.IntensityBoundsTerm`,
+        named ``intensity_mean`` / ``intensity_std``), the descriptor bounds' presence and ``t``."""
+        regions = self.label_manager.has_regions
+        limits = self._intensity_bounds(batch, image)
+        terms = [IntensityBoundsTerm(limits, s, include_background=regions) for s in self.intensity_statistics]
+        presence = DescriptorBounds(lower={}, upper={}, present=bounds.presence())
+        common = dict(descriptors=(), priors=terms, t=self.loss.t, reduction=self.loss.reduction)
+        soft = shape_descriptor_loss(probabilities, presence, values=values, **common)
+        with torch.no_grad():
+            hard = hard_prediction(probabilities.detach(), regions)
+            hard_result = shape_descriptor_loss(hard, presence, values=intensity_values(hard, image), **common)
+        return soft, hard_result
 
     def _extra_loss(self, data: torch.Tensor, probabilities: torch.Tensor, spacing: torch.Tensor) -> torch.Tensor:
         """The image-aware terms with their class-attribute weights (0 when every weight is 0).
@@ -307,7 +400,7 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         (``satisfied_``) or the hard (``hard_satisfied_``) codes of the step outputs."""
         first = 0 if self.label_manager.has_regions else 1  # no background row in region training
         fractions = {}
-        for name in self.descriptors:
+        for name in (*self.descriptors, *intensity_satisfaction_names(self)):
             codes = np.asarray(outputs[f"{prefix}{name}"])
             codes = codes.reshape(-1, codes.shape[-1])[:, first:]
             active = (codes >= 0).sum(0)
@@ -337,7 +430,7 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         best checkpoint by) its own share of the cases only."""
         collated = collate_outputs(outputs)
         codes = {f"{prefix}{name}": np.asarray(collated[f"{prefix}{name}"])
-                 for prefix in ("satisfied_", "hard_satisfied_") for name in self.descriptors}
+                 for prefix in ("satisfied_", "hard_satisfied_") for name in self._satisfaction_names()}
         if not self.is_ddp:
             return codes
         gathered: list = [None] * dist.get_world_size()
@@ -373,11 +466,11 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
             f"descriptor loss (train/val): {self.logger.get_value('train_losses', step=-1):.4f} / "
             f"{self.logger.get_value('val_losses', step=-1):.4f}; t = {self.logger.get_value(T_KEY, step=-1):.4g}")
         classes = self._classes_for_report()
-        for name in self.descriptors:
+        for name in self._satisfaction_names():
             fractions = self.logger.get_value(f"{SOFT_PREFIX}{name}", step=epoch)
             cells = ", ".join(f"{c}: {f:.2f}" for c, f in zip(classes, fractions))
             self.print_to_log_file(f"descriptor satisfied (val) {name:<10} {cells}")
-        for name in self.descriptors:
+        for name in self._satisfaction_names():
             soft = self.logger.get_value(f"{SOFT_PREFIX}{name}", step=epoch)
             hard = self.logger.get_value(f"{HARD_PREFIX}{name}", step=epoch)
             cells = ", ".join(f"{c}: {h:.2f} (soft-hard gap {s - h:+.2f})" for c, s, h in zip(classes, soft, hard))
@@ -417,7 +510,7 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
             self.save_checkpoint(join(self.output_folder, "checkpoint_best.pth"))
         if self.local_rank == 0:
             self.logger.plot_progress_png(self.output_folder)
-            plot_descriptor_progress(self.logger.local_logger.my_fantastic_logging, self.descriptors,
+            plot_descriptor_progress(self.logger.local_logger.my_fantastic_logging, self._satisfaction_names(),
                                      self._classes_for_report(), self.output_folder)
         self.barrier_schedule.step()
         self.current_epoch += 1
@@ -480,6 +573,17 @@ class nnUNetTrainerShapeDescriptorsImageAware(nnUNetTrainerShapeDescriptors):
     entropy_weight = 0.1
 
 
+class nnUNetTrainerShapeDescriptorsIntensity(nnUNetTrainerShapeDescriptors):
+    """V+C+D (paper 000's targets) plus per-case bounds on each class's soft mean intensity in the
+    normalised image the network sees, from the labels like the descriptor targets, so that each
+    class is pushed to where the image has that class's intensity (docs/method.md, "Intensity
+    descriptors"). The weight (1.0: a band missed by one band width costs as much as one
+    descriptor's) and the margins (+-10 % or 0.1 standard deviations of the image) are a first,
+    unstudied choice."""
+
+    intensity_weight = 1.0
+
+
 class nnUNetTrainerShapeFullSupervision(nnUNetTrainerWholeScan):
     """Reference row of Table 1: nnU-Net's DC+CE loss (deep supervision) on the same whole-scan
     STD/EXP setup."""
@@ -521,6 +625,13 @@ class nnUNetTrainerShapeDescriptorsImageAware_demo(DemoSchedule, nnUNetTrainerSh
 class nnUNetTrainerShapeDescriptorsImageAware_debug(DebugSchedule, nnUNetTrainerShapeDescriptorsImageAware): ...
 
 
+class nnUNetTrainerShapeDescriptorsIntensity_5epochs(Schedule5Epochs, nnUNetTrainerShapeDescriptorsIntensity): ...
+class nnUNetTrainerShapeDescriptorsIntensity_50epochs(Schedule50Epochs, nnUNetTrainerShapeDescriptorsIntensity): ...
+class nnUNetTrainerShapeDescriptorsIntensity_250epochs(Schedule250Epochs, nnUNetTrainerShapeDescriptorsIntensity): ...
+class nnUNetTrainerShapeDescriptorsIntensity_demo(DemoSchedule, nnUNetTrainerShapeDescriptorsIntensity): ...
+class nnUNetTrainerShapeDescriptorsIntensity_debug(DebugSchedule, nnUNetTrainerShapeDescriptorsIntensity): ...
+
+
 class nnUNetTrainerShapeFullSupervision_5epochs(Schedule5Epochs, nnUNetTrainerShapeFullSupervision): ...
 class nnUNetTrainerShapeFullSupervision_50epochs(Schedule50Epochs, nnUNetTrainerShapeFullSupervision): ...
 class nnUNetTrainerShapeFullSupervision_250epochs(Schedule250Epochs, nnUNetTrainerShapeFullSupervision): ...
@@ -529,7 +640,5 @@ class nnUNetTrainerShapeFullSupervision_debug(DebugSchedule, nnUNetTrainerShapeF
 
 
 #: every trainer class defined in this module (what the trainers/ re-export module exposes)
-TRAINER_NAMES: tuple[str, ...] = tuple(
-    name for name, value in list(globals().items())
-    if isinstance(value, type) and issubclass(value, nnUNetTrainerWholeScan) and value.__module__ == __name__)
+TRAINER_NAMES: tuple[str, ...] = trainer_names(globals())
 __all__ = list(TRAINER_NAMES)

@@ -10,9 +10,17 @@ finds it), e.g. ::
 The mixin comes first so that its attributes win over the trainer's. A new length is one more
 mixin here, one entry in ``LENGTH_SCHEDULES`` and one class per trainer beside the others
 (``tests/test_whole_scan_trainer.py`` checks that every trainer has every length).
+
+Every trainer module ends with ``TRAINER_NAMES = trainer_names(globals())`` and
+``__all__ = list(TRAINER_NAMES)``: what its re-export module in ``nnunet_shape/nnunet/trainers``
+(``nnUNet_extTrainer``) exposes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 class Schedule5Epochs:
@@ -64,3 +72,16 @@ LENGTH_SCHEDULES: dict[str, type] = {
     "_demo": DemoSchedule,
     "_debug": DebugSchedule,
 }
+
+
+def trainer_names(namespace: Mapping[str, object]) -> tuple[str, ...]:
+    """The trainers a module defines, in definition order: the names in ``namespace`` (the module's
+    ``globals()``) bound to a subclass of nnU-Net's ``nnUNetTrainer`` whose ``__module__`` is the
+    module's (``namespace["__name__"]``).
+
+    Classes the module imports (nnU-Net's trainer, the trainers it builds on) and classes that are
+    not trainers (data loaders, transforms, schedules, mixins) are not listed.
+    """
+    module = namespace["__name__"]
+    return tuple(name for name, value in list(namespace.items())
+                 if isinstance(value, type) and issubclass(value, nnUNetTrainer) and value.__module__ == module)

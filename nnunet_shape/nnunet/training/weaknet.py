@@ -1,7 +1,19 @@
-"""``nnUNetTrainerWeakNet``: paper 003's Weak-Net on nnU-Net -- train from sphere templates fitted to points.
+"""Paper 003's Weak-Net on nnU-Net -- train from sphere templates fitted to points.
 
-The core network is nnU-Net's own network from the plans (``nnUNetv2_predict`` needs nothing
-extra); it learns from the rough label maps of ``nnUNet_raw/DatasetXXX/templatesTr`` (written by
+Two trainers, one rule (the same two mixins, :class:`TemplateTargets` and :class:`WeakNetLoss`):
+
+* ``nnUNetTrainerWeakNet``, the paper-faithful one: the core network is nnU-Net's own network
+  from the plans (PlainConvUNet, nnU-Net's patch and sampling; ``nnUNetv2_predict`` needs nothing
+  extra).
+* ``nnUNetTrainerWeakNetWholeScan``, for comparisons: the same loss on the project's whole-scan
+  setup (:class:`~nnunet_shape.nnunet.training.whole_scan.nnUNetTrainerWholeScan`: the whole scan
+  as one patch, the STD/EXP network, its whole-case loading and augmentation), the network of
+  the descriptor rows and of ``nnUNetTrainerShapeFullSupervision`` (whose nnU-Net SGD it keeps). On it a comparison
+  of supervisions compares supervisions, not networks. It is also cheaper on a CPU: in the first
+  ``make demo-weak`` (2 cores, knee phantoms) ``nnUNetTrainerWeakNet`` took ~80 s per 50-iteration
+  epoch, the STD/EXP rows ~20 s (docs/weak-points.md).
+
+Both learn from the rough label maps of ``nnUNet_raw/DatasetXXX/templatesTr`` (written by
 ``nnunet-shape fit-templates``), never from ``labelsTr``, with
 
     L = CE(Y_hat, Y_template) + lambda * mean(W * (X - R(softmax(Y_hat)))^2)
@@ -16,19 +28,20 @@ with nnU-Net's argmax over the softmax (for one class: the threshold 0.5 of the 
 :class:`~nnunet_shape.nnunet.training.reconstruction_branch.ReconstructionBranch`, shared with
 ``nnUNetTrainerShapeDescriptorsRecon``; checkpoints are written once, atomically.
 
-**How the templates reach the data loader.** After an ordinary ``nnUNetv2_plan_and_preprocess -d
-ID``, the trainer runs the configuration's own preprocessor (the same transpose, crop and
-resampling as for ``labelsTr``) on every case's image and template and writes the result to
-``nnUNet_preprocessed/DatasetXXX/<data_identifier>__templates_<hash>/`` (redone only for templates
-that changed), and trains and validates from that folder: labels never enter the loss or the
+**How the templates reach the data loader** (:class:`TemplateTargets`). After an ordinary
+``nnUNetv2_plan_and_preprocess -d ID``, the trainer runs the configuration's own preprocessor (the
+same transpose, crop and resampling as for ``labelsTr``) on every case's image and template and
+writes the result to ``nnUNet_preprocessed/DatasetXXX/<data_identifier>__templates_<hash>/``
+(redone only for templates that changed; both trainers share the folder, their preprocessing is
+the same), and trains and validates from that folder: labels never enter the loss or the
 checkpoint selection. Cases without a template are left out of training and validation (the
 split stays nnU-Net's, made from all cases). ``nnUNet_raw`` must hold the raw dataset.
 Placeholder labels (``nnunet-shape placeholder-labels``) are fine: they are never read for
 training (nnU-Net's final validation still compares against them; ignore those numbers then).
 
 Variants follow nnU-Net's idiom: small subclasses changing class attributes
-(``nnUNetTrainerWeakNetNoRecon``: lambda = 0, the template-only ablation of the paper's Fig. 3) and
-one explicit class per training length.
+(``...NoRecon``: lambda = 0, the template-only ablation of the paper's Fig. 3) and one explicit
+class per training length.
 """
 
 from __future__ import annotations
@@ -64,7 +77,9 @@ from nnunet_shape.nnunet.training.variants import (
     Schedule5Epochs,
     Schedule50Epochs,
     Schedule250Epochs,
+    trainer_names,
 )
+from nnunet_shape.nnunet.training.whole_scan import nnUNetTrainerWholeScan
 
 #: environment variable: a templates folder other than <raw dataset>/templatesTr (e.g. fit-templates -o)
 TEMPLATES_ENV = "nnUNetShape_templates"
@@ -74,37 +89,29 @@ TEMPLATES_FOLDER = "templatesTr"
 SOURCES_SUFFIX = ".sources.json"
 
 
-class nnUNetTrainerWeakNet(ReconstructionBranch, nnUNetTrainer):
-    """Paper 003: CE on the fitted templates + lambda * boundary-weighted image reconstruction."""
+class TemplateTargets:
+    """Mixin for an ``nnUNetTrainer`` subclass (put it first among the bases): train and validate on
+    the template label maps of :meth:`templates_folder`, preprocessed by the configuration's own
+    preprocessor into a folder of their own, instead of on nnU-Net's preprocessed ``labelsTr``.
 
-    #: training length (nnU-Net's defaults; the ``_Nepochs`` variants change them)
-    training_epochs: int = 1000
-    iterations_per_epoch: int = 250
-    val_iterations_per_epoch: int = 50
-    #: lambda of L = CE + lambda * L_mse: ReconstructionBranch.reconstruction_weight (0.1; why, there),
-    #: like the reconstruction U-Net's size (reconstruction_stages, _base_features, _max_features)
-    #: d (mm): voxels within d of a template boundary get boundary_weight_high, the others _low
-    boundary_distance_mm: float = 5.0
-    boundary_weight_high: float = 1.0
-    boundary_weight_low: float = 0.1
+    * ``__init__`` points ``preprocessed_dataset_folder`` at
+      ``<data_identifier>__templates_<hash of the templates folder>`` (nnU-Net's own folder is kept
+      in ``original_preprocessed_folder``) and refuses region datasets;
+    * :meth:`initialize` runs :meth:`prepare_templates` (rank 0; the other ranks wait);
+    * :meth:`do_split` is nnU-Net's split over all cases, restricted to the cases with a template.
+    """
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = self.training_epochs
-        self.num_iterations_per_epoch = self.iterations_per_epoch
-        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
         if self.label_manager.has_regions:
             raise UserError(f"{type(self).__name__}: dataset {self.plans_manager.dataset_name} defines regions; "
                             f"sphere templates give one label per voxel (use a dataset without regions)")
-        self.reconstruction_network: nn.Module | None = None
         self.original_preprocessed_folder = self.preprocessed_dataset_folder
         if self.preprocessed_dataset_folder is not None:
             self.preprocessed_dataset_folder = join(
                 self.preprocessed_dataset_folder_base,
                 f"{self.configuration_manager.data_identifier}__templates_{zlib.crc32(self.templates_folder().encode()):08x}")
-
-    # --- templates instead of labels ------------------------------------------------------------
 
     def templates_folder(self) -> str:
         """The folder of the template label maps: $nnUNetShape_templates, else <raw dataset>/templatesTr."""
@@ -189,7 +196,19 @@ class nnUNetTrainerWeakNet(ReconstructionBranch, nnUNetTrainer):
                             f"{self.templates_folder()}")
         return tr_keys, val_keys
 
-    # --- networks, loss, optimiser ---------------------------------------------------------------
+
+class WeakNetLoss(ReconstructionBranch):
+    """Mixin for an ``nnUNetTrainer`` subclass: paper 003's loss, CE on the (template) target +
+    ``reconstruction_weight`` * the boundary-weighted reconstruction MSE (:meth:`weak_net_loss`),
+    in nnU-Net's ``train_step`` (autocast on CUDA, both networks clipped together at 12) with
+    nnU-Net's SGD and poly schedule over both networks, in one parameter group."""
+
+    #: lambda of L = CE + lambda * L_mse: ReconstructionBranch.reconstruction_weight (0.1; why, there),
+    #: like the reconstruction U-Net's size (reconstruction_stages, _base_features, _max_features)
+    #: d (mm): voxels within d of a template boundary get boundary_weight_high, the others _low
+    boundary_distance_mm: float = 5.0
+    boundary_weight_high: float = 1.0
+    boundary_weight_low: float = 0.1
 
     def _build_loss(self):
         # paper 003: cross entropy on the template (no Dice); nnU-Net's deep-supervision weighting
@@ -253,8 +272,41 @@ class nnUNetTrainerWeakNet(ReconstructionBranch, nnUNetTrainer):
                                f"{np.mean(outputs['weighted_mse']):.4f} (lambda {self.reconstruction_weight})")
 
 
+class nnUNetTrainerWeakNet(TemplateTargets, WeakNetLoss, nnUNetTrainer):
+    """Paper 003: CE on the fitted templates + lambda * boundary-weighted image reconstruction, on
+    nnU-Net's own network, patch and sampling from the plans (paper-faithful)."""
+
+    #: training length (nnU-Net's defaults; the ``_Nepochs`` variants change them)
+    training_epochs: int = 1000
+    iterations_per_epoch: int = 250
+    val_iterations_per_epoch: int = 50
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = self.training_epochs
+        self.num_iterations_per_epoch = self.iterations_per_epoch
+        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+        self.reconstruction_network: nn.Module | None = None
+
+
 class nnUNetTrainerWeakNetNoRecon(nnUNetTrainerWeakNet):
     """lambda = 0: CE on the templates only, no reconstruction network (paper 003, Fig. 3, lambda = 0)."""
+
+    reconstruction_weight = 0.0
+
+
+class nnUNetTrainerWeakNetWholeScan(TemplateTargets, WeakNetLoss, nnUNetTrainerWholeScan):
+    """Paper 003's loss (the same rule as ``nnUNetTrainerWeakNet``) on the whole-scan STD/EXP setup of
+    the descriptor rows: the whole scan as one patch, the STD/EXP network with deep supervision on its
+    EXP heads, whole-case loading and augmentation, mirror axes and seeds as every whole-scan trainer."""
+
+    #: the targets are the templates: placeholder labelsTr are accepted (they are never read for training)
+    reads_voxel_labels = False
+
+
+class nnUNetTrainerWeakNetWholeScanNoRecon(nnUNetTrainerWeakNetWholeScan):
+    """lambda = 0 on the whole-scan setup: CE on the templates only, no reconstruction network."""
 
     reconstruction_weight = 0.0
 
@@ -275,8 +327,20 @@ class nnUNetTrainerWeakNetNoRecon_demo(DemoSchedule, nnUNetTrainerWeakNetNoRecon
 class nnUNetTrainerWeakNetNoRecon_debug(DebugSchedule, nnUNetTrainerWeakNetNoRecon): ...
 
 
+class nnUNetTrainerWeakNetWholeScan_5epochs(Schedule5Epochs, nnUNetTrainerWeakNetWholeScan): ...
+class nnUNetTrainerWeakNetWholeScan_50epochs(Schedule50Epochs, nnUNetTrainerWeakNetWholeScan): ...
+class nnUNetTrainerWeakNetWholeScan_250epochs(Schedule250Epochs, nnUNetTrainerWeakNetWholeScan): ...
+class nnUNetTrainerWeakNetWholeScan_demo(DemoSchedule, nnUNetTrainerWeakNetWholeScan): ...
+class nnUNetTrainerWeakNetWholeScan_debug(DebugSchedule, nnUNetTrainerWeakNetWholeScan): ...
+
+
+class nnUNetTrainerWeakNetWholeScanNoRecon_5epochs(Schedule5Epochs, nnUNetTrainerWeakNetWholeScanNoRecon): ...
+class nnUNetTrainerWeakNetWholeScanNoRecon_50epochs(Schedule50Epochs, nnUNetTrainerWeakNetWholeScanNoRecon): ...
+class nnUNetTrainerWeakNetWholeScanNoRecon_250epochs(Schedule250Epochs, nnUNetTrainerWeakNetWholeScanNoRecon): ...
+class nnUNetTrainerWeakNetWholeScanNoRecon_demo(DemoSchedule, nnUNetTrainerWeakNetWholeScanNoRecon): ...
+class nnUNetTrainerWeakNetWholeScanNoRecon_debug(DebugSchedule, nnUNetTrainerWeakNetWholeScanNoRecon): ...
+
+
 #: every trainer class defined in this module (what the trainers/ re-export module exposes)
-TRAINER_NAMES: tuple[str, ...] = tuple(
-    name for name, value in list(globals().items())
-    if isinstance(value, type) and issubclass(value, nnUNetTrainerWeakNet) and value.__module__ == __name__)
+TRAINER_NAMES: tuple[str, ...] = trainer_names(globals())
 __all__ = list(TRAINER_NAMES)
