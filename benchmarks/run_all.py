@@ -97,6 +97,14 @@ def _export_verdict(rows: Rows) -> Verdict:
 
 
 # ------------------------------------------------------------------------------ registry
+def _channels_last_verdict(rows: Rows) -> Verdict:
+    ours = next((r for r in rows if r.get("layout") == "channels_last"), None)
+    if ours is None:
+        return None, "no channels_last row"
+    return bool(ours["met"]), (f"channels-last step {ours['ratio']:.3f}x the default layout's, outputs within "
+                               f"{ours['max_output_difference']:.1e}")
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """One question: which script answers it, how to call it and how to judge its rows."""
@@ -153,6 +161,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "LabelShapeStatisticsImageFilter on the same file, and the same map with 12 labels.",
         "peak <= 16 bytes per voxel whatever the class count, 117 labels <= 1.5x the time of 12 (O(voxels))",
         _export_verdict, run_kwargs={"small": True}),
+    Benchmark(
+        "channels_last", "7. Channels-last weights on a CPU",
+        "One descriptor-trainer training step of the suites' STD/EXP network (batch 2, 24x40x40) with the "
+        "weights channels-last (nnUNetTrainerWholeScan.channels_last_on_cpu) versus the default "
+        "layout.",
+        "channels-last step <= 0.95x the default layout's", _channels_last_verdict),
 )
 
 

@@ -449,6 +449,7 @@ def test_format_compartment_table():
     ("2026-11-22 08:38:26.090837: Epoch 12 ", ("epoch_start", 12)),
     ("2026-11-22 08:38:49.458001: Epoch time: 23.37 s", ("epoch_end", None)),
     ("done with knee_020", ("predicted", "knee_020")),
+    ("perform_everything_on_device: False", ("predicting", None)),
     ("2026-11-22 08:38:54.986635: predicting knee_000", ("validating", "knee_000")),
     ("Preprocessing cases:  50%|█████     | 10/20 [00:10<00:02,  3.75it/s]", ("tqdm", ("Preprocessing cases", 10, 20))),
     ("Extracting dataset fingerprint: 100%|██████████| 20/20 [01:09<00:00,  5.10it/s]",

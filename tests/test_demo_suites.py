@@ -124,6 +124,38 @@ def test_suite_csv_and_plot(tmp_path):
     assert plot.stat().st_size > 1000
 
 
+@pytest.mark.parametrize("argv, shape, suffix, recon_row", [
+    (["--suite", "weak"], (24, 32, 32), "_suite", False),
+    (["--suite", "priors"], (24, 32, 32), "_suite", False),
+    (["--suite", "weak", "--recon-row", "--trainer-suffix", "_demo", "--shape", "16", "32", "32"], (16, 32, 32),
+     "_demo", True),
+    ([], (32, 48, 48), "_demo", False),
+])
+def test_suites_default_to_their_grid_and_schedule(argv, shape, suffix, recon_row):
+    """The suites train on 24 x 32 x 32 with the _suite schedule (10 x 50 iterations), Table 1 on
+    32 x 48 x 48 with _demo; --recon-row adds V+C+D + reconstruction to the weak suite."""
+    from nnunet_shape.nnunet.training.variants import LENGTH_SCHEDULES
+
+    options, _ = demo.options_from_command_line(argv)
+    assert (options.shape, options.trainer_suffix, options.recon_row) == (shape, suffix, recon_row)
+    schedule = LENGTH_SCHEDULES[options.trainer_suffix]
+    assert schedule.training_epochs * schedule.iterations_per_epoch == (500 if suffix == "_suite" else 600)
+    assert demo.options_from_command_line(command_line_of_suite(options, argv))[0] == options
+
+
+def command_line_of_suite(options, argv):
+    from nnunet_shape.demo.report import command_line
+
+    suite = argv[argv.index("--suite") + 1] if "--suite" in argv else "table1"
+    return [*command_line(options), *(["--suite", suite] if suite != "table1" else [])]
+
+
+def test_recon_row_is_for_the_weak_suite_only(tmp_path, capsys):
+    assert demo.main(["--output", str(tmp_path / "o"), "--suite", "priors", "--recon-row"]) == 2
+    assert "--recon-row: for --suite weak only, not --suite priors" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_suite_option_and_default_output(tmp_path, capsys):
     with pytest.raises(SystemExit):
         demo.main(["--suite", "unknown"])
@@ -142,7 +174,8 @@ def _run_suite(tmp_path, suite: str):
     output = tmp_path / f"demo_{suite}"
     completed = subprocess.run(
         [sys.executable, "-m", "nnunet_shape.demo", "--suite", suite, "--output", str(output), "--n-train", "5",
-         "--n-test", "2", "--shape", "16", "32", "32", "--trainer-suffix", "_debug", "--no-progress"],
+         "--n-test", "2", "--shape", "16", "32", "32", "--trainer-suffix", "_debug", "--no-progress",
+         *(["--recon-row"] if suite == "weak" else [])],
         capture_output=True, text=True, timeout=1500)
     assert completed.returncode == 0, completed.stdout[-5000:] + completed.stderr[-3000:]
     with open(output / "table.csv") as handle:

@@ -122,7 +122,7 @@ def test_reconstruction_network_shapes_and_gradcheck_through_softmax_and_loss():
 # --- the trainer classes -----------------------------------------------------------------------
 
 SCHEDULES = {"": (1000, 250, 50), "_5epochs": (5, 250, 50), "_50epochs": (50, 250, 50),
-             "_250epochs": (250, 250, 50), "_demo": (12, 50, 2), "_debug": (1, 3, 1)}
+             "_250epochs": (250, 250, 50), "_demo": (12, 50, 2), "_suite": (10, 50, 2), "_debug": (1, 3, 1)}
 
 
 def test_every_weaknet_variant_is_an_explicit_class_that_nnunet_finds(monkeypatch):

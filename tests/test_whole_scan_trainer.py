@@ -125,6 +125,7 @@ BASE_TRAINER_MODULES = {
     "nnUNetTrainerShapeDescriptorsGrowingT": shape_trainers,
     "nnUNetTrainerShapeDescriptorsImageAware": shape_trainers,
     "nnUNetTrainerShapeDescriptorsIntensity": shape_trainers,
+    "nnUNetTrainerShapeDescriptorsTemplate": shape_trainers,
     "nnUNetTrainerShapeFullSupervision": shape_trainers,
     "nnUNetTrainerShapeDescriptorsFromFile": from_file,
     "nnUNetTrainerShapePopulationPrior": population_prior,
@@ -132,17 +133,17 @@ BASE_TRAINER_MODULES = {
     "nnUNetTrainerShapeDescriptorsRecon": shape_reconstruction,
 }
 SCHEDULES = {"": (1000, 250, 50), "_5epochs": (5, 250, 50), "_50epochs": (50, 250, 50),
-             "_250epochs": (250, 250, 50), "_demo": (12, 50, 2), "_debug": (1, 3, 1)}
+             "_250epochs": (250, 250, 50), "_demo": (12, 50, 2), "_suite": (10, 50, 2), "_debug": (1, 3, 1)}
 ALL_TRAINERS = {base + suffix: (base, schedule)
                 for base in BASE_TRAINER_MODULES for suffix, schedule in SCHEDULES.items()}
 #: class attributes a length variant may change; every other one is its base's
-SCHEDULE_ATTRIBUTES = ("training_epochs", "iterations_per_epoch", "val_iterations_per_epoch")
+SCHEDULE_ATTRIBUTES = ("training_epochs", "iterations_per_epoch", "val_iterations_per_epoch", "progress_plot_every")
 
 
 def test_every_trainer_name_is_an_explicit_class_that_nnunet_finds_with_its_schedule(monkeypatch):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    assert len(ALL_TRAINERS) == 66
+    assert len(ALL_TRAINERS) == 84
     # exported by the library modules (the trainers folder re-exports exactly these)
     assert (set(shape_trainers.TRAINER_NAMES) | set(from_file.TRAINER_NAMES)
             | set(population_prior.TRAINER_NAMES) | set(shape_reconstruction.TRAINER_NAMES)) == set(ALL_TRAINERS)
@@ -191,10 +192,11 @@ def test_trainer_names_are_the_nnunet_trainers_a_module_defines_in_order():
     define("nnUNetTrainerA", nnUNetTrainer)
     define("nnUNetTrainerB_debug", DebugSchedule, module.nnUNetTrainerB)
     assert trainer_names(vars(module)) == ("nnUNetTrainerB", "nnUNetTrainerA", "nnUNetTrainerB_debug")
-    # a real module: its trainer and the five lengths, not the imported nnUNetTrainerShapeDescriptors
+    # a real module: its trainer and the six lengths, not the imported nnUNetTrainerShapeDescriptors
     recon = "nnUNetTrainerShapeDescriptorsRecon"
     assert trainer_names(vars(shape_reconstruction)) == shape_reconstruction.TRAINER_NAMES == (
-        recon, f"{recon}_5epochs", f"{recon}_50epochs", f"{recon}_250epochs", f"{recon}_demo", f"{recon}_debug")
+        recon, f"{recon}_5epochs", f"{recon}_50epochs", f"{recon}_250epochs", f"{recon}_demo", f"{recon}_suite",
+        f"{recon}_debug")
     assert shape_reconstruction.nnUNetTrainerShapeDescriptors is nnUNetTrainerShapeDescriptors
 
 
@@ -602,3 +604,157 @@ def test_anatomical_mirror_axes_reach_augmentation_and_are_logged(planned, monke
     log = Path(trainer.log_file).read_text()
     ndim = 3 if configuration == "3d_fullres" else 2
     assert f"mirror axes LR (from {MIRROR_AXES_ENV}) are array axes {expected} of the {ndim}D patch" in log
+
+
+class _FiveEpochsPlotEveryTwo(nnUNetTrainerShapeDescriptors):
+    training_epochs = 5
+    iterations_per_epoch = 1
+    val_iterations_per_epoch = 1
+    progress_plot_every = 2
+
+
+class _FiveEpochsFullSupervisionPlotEveryTwo(shape_trainers.nnUNetTrainerShapeFullSupervision):
+    training_epochs = 5
+    iterations_per_epoch = 1
+    val_iterations_per_epoch = 1
+    progress_plot_every = 2
+
+
+@pytest.mark.parametrize("trainer_class", [_FiveEpochsPlotEveryTwo, _FiveEpochsFullSupervisionPlotEveryTwo])
+def test_progress_plots_after_every_nth_and_the_last_epoch(planned, monkeypatch, trainer_class):
+    """progress_plot_every = 2 over 5 epochs: nnU-Net's progress.png (and the descriptor trainers'
+    own plot) after epochs 2, 4 and 5 (1-based), never in between; the other epoch-end work (the
+    epoch counter, checkpoint_best) is done every epoch."""
+    from nnunetv2.training.logging.nnunet_logger import MetaLogger
+
+    root, _ = planned
+    trainer = make_trainer(root, trainer_class, monkeypatch)
+    nnunet_plots, descriptor_plots = [], []
+    monkeypatch.setattr(MetaLogger, "plot_progress_png",
+                        lambda self, folder: nnunet_plots.append(trainer.current_epoch))
+    monkeypatch.setattr(shape_trainers, "plot_descriptor_progress",
+                        lambda *args, **kwargs: descriptor_plots.append(trainer.current_epoch))
+    ends = []
+    original_end = trainer_class.on_epoch_end
+    monkeypatch.setattr(trainer_class, "on_epoch_end", lambda self: (ends.append(self.current_epoch),
+                                                                     original_end(self))[1])
+    trainer.run_training()
+    assert ends == [0, 1, 2, 3, 4]
+    assert nnunet_plots == [1, 3, 4]
+    assert descriptor_plots == ([1, 3, 4] if trainer_class is _FiveEpochsPlotEveryTwo else [])
+    # the logger's own method is back after the skipped epochs
+    assert "plot_progress_png" not in vars(trainer.logger)
+    assert (Path(trainer.output_folder) / "checkpoint_best.pth").is_file()
+
+
+def test_progress_plot_every_must_be_positive(planned, monkeypatch):
+    root, _ = planned
+    trainer = make_trainer(root, _FiveEpochsPlotEveryTwo, monkeypatch)
+    trainer.progress_plot_every = 0
+    with pytest.raises(ValueError, match="_FiveEpochsPlotEveryTwo.progress_plot_every must be >= 1, not 0"):
+        trainer._plots_progress_now()
+
+
+def test_the_demo_schedule_plots_every_fourth_epoch_and_nnunets_lengths_every_epoch():
+    assert shape_trainers.nnUNetTrainerShapeDescriptors_demo.progress_plot_every == 4
+    for suffix in ("", "_5epochs", "_50epochs", "_250epochs", "_debug"):
+        assert getattr(shape_trainers, f"nnUNetTrainerShapeDescriptors{suffix}").progress_plot_every == 1, suffix
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_cpu_training_keeps_weights_channels_last_with_the_same_outputs(planned, monkeypatch, channels_last):
+    """channels_last_on_cpu: after initialize every 5-D weight is channels-last (oneDNN's faster
+    layout on a CPU), the parameters are the optimiser's own objects, and the network computes
+    what the same weights compute in the default layout; off, the layout stays the default."""
+    root, _ = planned
+    trainer_class = type("_Layout", (nnUNetTrainerShapeDescriptors,), {"channels_last_on_cpu": channels_last})
+    trainer = make_trainer(root, trainer_class, monkeypatch)
+    trainer.initialize()
+    weights = [p for p in trainer.network.parameters() if p.ndim == 5]
+    assert weights
+    # (a weight with one input channel or a 1x1x1 kernel is both; the 3x3x3 convs are one or the other)
+    assert all(p.is_contiguous(memory_format=torch.channels_last_3d) if channels_last else p.is_contiguous()
+               for p in weights)
+    assert any(not p.is_contiguous() for p in weights) == channels_last
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in trainer.network.parameters() if p.requires_grad} <= optimised
+    batch = first_batch(trainer, WholeCaseDataLoader, 2)
+    data = torch.as_tensor(batch["data"]).float()
+    import copy
+
+    default_layout = copy.deepcopy(trainer.network).to(memory_format=torch.contiguous_format)
+    assert all(p.is_contiguous() for p in default_layout.parameters())
+    trainer.network.eval()
+    default_layout.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.network(data), default_layout(data), rtol=1e-4, atol=1e-4)
+    # a training step runs in this layout
+    trainer.network.train()
+    trainer.train_step(batch)
+    assert any(not p.is_contiguous() for p in weights) == channels_last
+
+
+def test_reconstruction_network_is_channels_last_on_cpu_too(planned, monkeypatch):
+    root, _ = planned
+    trainer = make_trainer(root, shape_reconstruction.nnUNetTrainerShapeDescriptorsRecon, monkeypatch)
+    trainer.initialize()
+    weights = [p for p in trainer.reconstruction_network.parameters() if p.ndim == 5]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in weights)
+
+
+def test_template_weight_decays_linearly_to_zero_at_its_fraction_of_the_epochs(planned, monkeypatch):
+    root, _ = planned
+    trainer = make_trainer(root, shape_trainers.nnUNetTrainerShapeDescriptorsTemplate_demo, monkeypatch)
+    assert (trainer.template_weight, trainer.template_decay_fraction, trainer.num_epochs) == (1.0, 0.5, 12)
+    weights = []
+    for epoch in range(trainer.num_epochs):
+        trainer.current_epoch = epoch
+        weights.append(trainer._template_weight_now())
+    assert weights == pytest.approx([1 - e / 6 for e in range(6)] + [0.0] * 6)
+    paper = make_trainer(root, nnUNetTrainerShapeDescriptors, monkeypatch)
+    assert paper.template_weight == 0.0 and paper._template_weight_now() == 0.0
+
+
+def test_template_term_is_the_cross_entropy_to_the_ellipsoids_of_the_batch_targets(planned, monkeypatch):
+    """The step's loss = V+C+D barrier loss + w * CE(logits, ellipsoid template of the targets),
+    recomputed here from the batch's label-derived bounds; w = 0 (paper 000's trainer) leaves the
+    barrier loss alone."""
+    from nnunet_shape.core.descriptor_templates import (
+        ellipsoid_template,
+        template_cross_entropy,
+        template_targets_from_bounds,
+    )
+
+    root, _ = planned
+    losses = {}
+    for cls in (nnUNetTrainerShapeDescriptors, shape_trainers.nnUNetTrainerShapeDescriptorsTemplate):
+        trainer = make_trainer(root, cls, monkeypatch)
+        trainer.initialize()
+        batch = first_batch(trainer, WholeCaseDataLoader, 2)
+        torch.manual_seed(0)
+        logits = torch.randn(2, trainer.label_manager.num_segmentation_heads, *batch["data"].shape[2:])
+        trainer.network = lambda data: logits.clone()
+        trainer.num_epochs, trainer.current_epoch = 12, 3  # weight 1 - 3 / 6 = 0.5 for the template trainer
+        loss, _, _ = trainer._descriptor_step(batch)
+        bounds, spacing = trainer._loss_targets(batch)
+        barrier = trainer.loss(torch.softmax(logits, 1), bounds, spacing)
+        centroid, spread, present = template_targets_from_bounds(bounds)
+        template = ellipsoid_template(centroid, spread, present, logits.shape[2:], spacing)
+        losses[cls] = (float(loss), float(barrier), float(template_cross_entropy(logits, template)))
+        # every foreground class of the batch has an ellipsoid
+        assert set(template.unique().tolist()) == set(range(trainer.label_manager.num_segmentation_heads))
+    loss, barrier, _ = losses[nnUNetTrainerShapeDescriptors]
+    assert loss == pytest.approx(barrier, rel=1e-6)
+    loss, barrier, cross_entropy = losses[shape_trainers.nnUNetTrainerShapeDescriptorsTemplate]
+    assert cross_entropy > 0 and loss == pytest.approx(barrier + 0.5 * cross_entropy, rel=1e-6)
+
+
+@pytest.mark.parametrize("attributes, match", [
+    ({"template_weight": -1.0}, "template_weight must be >= 0"),
+    ({"template_weight": 1.0, "template_decay_fraction": 0.0}, "template_decay_fraction in"),
+    ({"template_weight": 1.0, "descriptors": ("volume", "centroid")}, "needs centroid and spread targets"),
+])
+def test_template_settings_are_checked_when_the_trainer_is_built(planned, monkeypatch, attributes, match):
+    root, _ = planned
+    with pytest.raises(ValueError, match=match):
+        make_trainer(root, type("_BadTemplate", (nnUNetTrainerShapeDescriptors,), attributes), monkeypatch)

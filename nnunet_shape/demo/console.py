@@ -27,6 +27,8 @@ _TQDM = re.compile(r"^(?P<desc>[^|]*?):?\s*\d+%\|[^|]*\|\s*(?P<done>\d+)/(?P<tot
 _EPOCH_START = re.compile(r": Epoch (?P<epoch>\d+)\s*$")
 _EPOCH_END = re.compile(r": Epoch time: ")
 _PREDICT_DONE = re.compile(r"^done with (?P<case>\S+)")
+#: nnUNetv2_predict -npp 0 -nps 0 (sequential, no worker processes) prints this before each case
+_PREDICT_SEQUENTIAL_CASE = re.compile(r"^perform_everything_on_device: ")
 _VALIDATION_CASE = re.compile(r": predicting (?P<case>\S+)")
 #: longer lines (configuration dumps) go to the log only
 MAX_CONSOLE_LINE = 240
@@ -36,8 +38,10 @@ def parse_progress(line: str) -> tuple[str, Any] | None:
     """Recognise the progress signals in nnU-Net's output.
 
     Returns ``("tqdm", (description, done, total))`` for a tqdm bar update,
-    ``("epoch_start", epoch)``, ``("epoch_end", None)``, ``("predicted", case)`` (nnUNetv2_predict)
-    or ``("validating", case)`` (final validation of nnUNetv2_train); None otherwise.
+    ``("epoch_start", epoch)``, ``("epoch_end", None)``, ``("predicted", case)`` (nnUNetv2_predict),
+    ``("predicting", None)`` (a case starts in nnUNetv2_predict's sequential mode, ``-npp 0 -nps 0``,
+    which names no case) or ``("validating", case)`` (final validation of nnUNetv2_train); None
+    otherwise.
     """
     text = line.strip()
     match = _TQDM.match(text)
@@ -51,6 +55,8 @@ def parse_progress(line: str) -> tuple[str, Any] | None:
     match = _PREDICT_DONE.match(text)
     if match:
         return "predicted", match["case"]
+    if _PREDICT_SEQUENTIAL_CASE.match(text):
+        return "predicting", None
     match = _VALIDATION_CASE.search(text)
     if match:
         return "validating", match["case"]
@@ -249,7 +255,8 @@ def line_handler(bar: Any, echo: Callable[[str], None], kind: str) -> Callable[[
                 bar.update(1)
             elif name == "validating" and kind == "train":
                 bar.set_postfix_str(f"final validation: {value}", refresh=True)
-            elif name == "predicted" and kind == "predict":
+            elif name in ("predicted", "predicting") and kind == "predict":
+                # sequential mode: the count of cases started (their prediction takes a second)
                 bar.update(1)
         if is_console_line(line):
             echo(line.rstrip())

@@ -27,7 +27,6 @@ depend on the grid size.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -46,6 +45,7 @@ from nnunet_shape.demo.dataset_writer import (
     write_cases,
     write_image_atomic,
 )
+from nnunet_shape.descriptor_files.atomic import write_json_atomic
 
 __all__ = [
     "LABELS",
@@ -688,9 +688,7 @@ def write_phantom_dataset(
         "anatomy_scale": anatomy_scale(shape, spacing),
         "cases": cases,
     }
-    temporary = folder / ".tmp_phantom_parameters.json"
-    temporary.write_text(json.dumps(parameters, indent=1))
-    os.replace(temporary, folder / "phantom_parameters.json")
+    write_json_atomic(folder / "phantom_parameters.json", parameters)
     return folder
 
 

@@ -614,6 +614,8 @@ def command_line(options: DemoOptions) -> list[str]:
         args += ["--hemispheres"] if options.hemispheres else []
     if options.image_aware:
         args.append("--image-aware")
+    if options.recon_row:
+        args.append("--recon-row")
     args += ["--seed", str(options.seed), "--trainer-suffix", options.trainer_suffix, "--device", options.device,
              "--fold", options.fold]
     if options.skip_training:

@@ -88,6 +88,7 @@ from nnunet_shape.demo.settings import (
     MARKER_FILE,
     POSTPROCESSING_VARIANTS,
     SUITE_SHAPE,
+    SUITE_TRAINER_SUFFIX,
     TIME_BUDGET_SECONDS,
     DemoOptions,
     _trainer_schedule,
@@ -367,10 +368,12 @@ def run_demo(options: DemoOptions) -> DemoResult:
     for setting in settings:
         name = f"nnUNetv2_predict {setting.title}"
         with stages.stage(name, len(test_images), "case") as bar:
+            # -npp 0 -nps 0: nnU-Net's sequential mode, no worker processes to spawn (5 s less per call
+            # for a few small cases on 2 CPU cores)
             command = [console_script("nnUNetv2_predict"), "-i", str(raw_dataset / "imagesTs"),
                        "-o", str(predictions / setting.slug / "raw"), "-d", str(options.dataset_id),
                        "-c", CONFIGURATION, "-f", options.fold, "-tr", trainers[setting.slug],
-                       "-device", options.device, "-npp", "1", "-nps", "1"]
+                       "-device", options.device, "-npp", "0", "-nps", "0"]
             if not options.tta:
                 command.append("--disable_tta")
             shutil.rmtree(predictions / setting.slug / "raw", ignore_errors=True)
@@ -580,8 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "schedule); the ordering checked becomes full supervision > V+C+D + image terms > V+C+D "
                              "> V+C (table1 suite only)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed of the phantoms or brains (default 0)")
-    parser.add_argument("--trainer-suffix", default=DEFAULT_TRAINER_SUFFIX,
-                        help="training-length variant of all trainers (default _demo; _debug for a smoke run)")
+    parser.add_argument("--trainer-suffix", default=None,
+                        help=f"training-length variant of all trainers (default {DEFAULT_TRAINER_SUFFIX}, for the weak "
+                             f"and priors suites {SUITE_TRAINER_SUFFIX}; _debug for a smoke run)")
+    parser.add_argument("--recon-row", action="store_true",
+                        help="weak suite: add the row V+C+D + reconstruction (nnUNetTrainerShapeDescriptorsRecon, "
+                             "Weak-Net's reconstruction branch on the descriptor row; beyond paper 003)")
     parser.add_argument("--device", default="cpu", help="nnU-Net -device: cpu, cuda or mps (default cpu)")
     parser.add_argument("--skip-training", action="store_true",
                         help="reuse OUTPUT/work (data set, plans, trained models); predict, evaluate, report")
@@ -632,6 +639,8 @@ def options_from_command_line(argv: Sequence[str]) -> tuple[DemoOptions, str]:
     if args.suite != "table1" and table1_only:
         raise UserError(f"{' and '.join(table1_only)}: for --suite table1 only (the {args.suite} suite runs on the "
                         "knee phantoms with its own rows)")
+    if args.recon_row and args.suite != "weak":
+        raise UserError(f"--recon-row: for --suite weak only, not --suite {args.suite}")
     given = {"--shape": args.shape is not None, "--spacing": args.spacing is not None,
              "--hemispheres": args.hemispheres, "--mirror-si": args.mirror_si}
     refused = [f"{option} ({REFUSED_OPTIONS[(args.data, option)]})" for option, on in given.items()
@@ -646,12 +655,14 @@ def options_from_command_line(argv: Sequence[str]) -> tuple[DemoOptions, str]:
         shape=tuple(args.shape) if args.shape is not None
         else (DEFAULT_SHAPE if args.suite == "table1" else SUITE_SHAPE),
         seed=args.seed,
-        trainer_suffix=args.trainer_suffix, device=args.device, skip_training=args.skip_training, fold=args.fold,
+        trainer_suffix=args.trainer_suffix if args.trainer_suffix is not None
+        else (DEFAULT_TRAINER_SUFFIX if args.suite == "table1" else SUITE_TRAINER_SUFFIX), device=args.device,
+        skip_training=args.skip_training, fold=args.fold,
         tta=args.tta, n_proc_da=args.n_proc_da, num_processes=max(1, args.num_processes),
         progress=not args.no_progress, mirror_si=args.mirror_si, training_seed=args.training_seed, seeds=args.seeds,
         data=args.data, hemispheres=args.hemispheres,
         spacing_mm=args.spacing if args.spacing is not None else brains.DEFAULT_SPACING_MM,
-        image_aware=args.image_aware)
+        image_aware=args.image_aware, recon_row=args.recon_row)
     data = demo_data(options)
     output = args.output or (Path(data.default_output) if args.suite == "table1" else default_output(args.suite))
     dataset_id = args.dataset_id if args.dataset_id is not None else data.default_dataset_id

@@ -16,6 +16,7 @@ from nnunet_shape.demo.console import StageFailed
 
 __all__ = [
     "CONFIGURATION", "DATASET_NAME", "DEFAULT_DATASET_ID", "DEFAULT_SHAPE", "DEFAULT_TRAINER_SUFFIX", "SUITE_SHAPE",
+    "SUITE_TRAINER_SUFFIX",
     "DEFAULT_FOLD", "TIME_BUDGET_SECONDS", "CLEARLY_ABOVE_CHANCE", "POSTPROCESSING_VARIANTS", "HEADLINE_POSTPROCESSING",
     "MARKER_FILE",
     "Setting", "SETTINGS", "IMAGE_AWARE_SETTING", "EXPECTED_ORDER", "demo_settings", "ordered_settings",
@@ -28,11 +29,14 @@ CONFIGURATION = "3d_fullres"
 DATASET_NAME = "KneePhantom"
 DEFAULT_DATASET_ID = 701
 DEFAULT_SHAPE: tuple[int, int, int] = (32, 48, 48)
-#: the comparison suites' grid (--suite weak / priors; the same field of view, coarser voxels):
-#: seven trainings each, 24 x 36 x 36 brings a suite from ~45 to ~32 min on 2 CPU cores
-#: (docs/weak-points.md, docs/population-priors.md: the measurements ran on it)
-SUITE_SHAPE: tuple[int, int, int] = (24, 36, 36)
+#: the comparison suites' grid (--suite weak / priors; the same field of view, coarser voxels): a
+#: multiple of the network's total stride (4, 8, 8), so the whole-scan patch is the case itself
+#: (24 x 36 x 36, the grid before 2026-12-07, was padded to 24 x 40 x 40: 56 % more voxels)
+SUITE_SHAPE: tuple[int, int, int] = (24, 32, 32)
 DEFAULT_TRAINER_SUFFIX = "_demo"
+#: the comparison suites' schedule (``SuiteSchedule``: 10 epochs of 50 iterations), so that six or
+#: seven trainings fit 25 min on 2 CPU cores (docs/weak-points.md, docs/population-priors.md)
+SUITE_TRAINER_SUFFIX = "_suite"
 DEFAULT_FOLD = "0"
 TIME_BUDGET_SECONDS = 20 * 60
 #: a descriptor-only setting is "clearly above chance" when its mean Dice beats chance by this
@@ -237,6 +241,8 @@ class DemoOptions:
     spacing_mm: float = 5.0
     #: ``--image-aware``: the row V+C+D + image terms (:data:`IMAGE_AWARE_SETTING`)
     image_aware: bool = False
+    #: ``--recon-row`` (weak suite): the row V+C+D + reconstruction (``nnUNetTrainerShapeDescriptorsRecon``)
+    recon_row: bool = False
 
 
 def demo_data(options: DemoOptions) -> DemoData:

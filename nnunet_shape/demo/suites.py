@@ -7,7 +7,7 @@ and ``--suite priors`` (``make demo-priors``; issue 16) run, on the same knee ph
 * **weak**: full supervision; sparse slices (``nnunet-shape simulate-slices``, K = 1 and 3 slices per
   plane, the rest nnU-Net's ignore label); Weak-Net (``simulate-points`` + ``fit-templates``,
   N = 25 and 125 points per class, ``nnUNetTrainerWeakNetWholeScan``: paper 003's loss on the
-  whole-scan network); V+C+D descriptors; V+C+D + reconstruction;
+  whole-scan network); V+C+D descriptors; with ``--recon-row`` also V+C+D + reconstruction;
 * **priors**: per-case V+C+D; per-case bounds from N = 10 and 25 clicks (``click-bounds`` →
   ``…FromFile``); one population prior for the whole dataset (``population-prior``) at two looseness
   levels, with the image-aware terms, and learnt on phantoms of another seed;
@@ -259,9 +259,10 @@ class _Runner:
         test_images = sorted((self.raw_dataset / "imagesTs").glob("*_0000.*"))
         with self.stages.stage(f"nnUNetv2_predict {row.title}", len(test_images), "case") as bar:
             shutil.rmtree(prediction, ignore_errors=True)
+            # -npp 0 -nps 0: nnU-Net's sequential mode, no worker processes to spawn (5 s less per call)
             args = [console_script("nnUNetv2_predict"), "-i", str(self.raw_dataset / "imagesTs"), "-o",
                     str(prediction), "-d", str(row.dataset_id), "-c", CONFIGURATION, "-f", self.options.fold,
-                    "-tr", row.trainer, "-device", self.options.device, "-npp", "1", "-nps", "1"]
+                    "-tr", row.trainer, "-device", self.options.device, "-npp", "0", "-nps", "0"]
             if not self.options.tta:
                 args.append("--disable_tta")
             stream_command(args, self.row_env(row, False), self.logs / f"predict_{row.slug}.log",
@@ -318,8 +319,10 @@ def _weak_rows(runner: _Runner, dataset_json: Mapping[str, Any]) -> list[SuiteRo
                              effort=mean_points_per_case(points, dataset_json), effort_unit="points"))
     rows.append(SuiteRow("V+C+D", "vcd", "volume, centroid, spread per class", f"nnUNetTrainerShapeDescriptors{suffix}",
                          did, effort=vcd_values, effort_unit="values"))
-    rows.append(SuiteRow("V+C+D + reconstruction", "vcd_recon", "V+C+D, plus reconstructing the image",
-                         f"nnUNetTrainerShapeDescriptorsRecon{suffix}", did, effort=vcd_values, effort_unit="values"))
+    if options.recon_row:
+        rows.append(SuiteRow("V+C+D + reconstruction", "vcd_recon", "V+C+D, plus reconstructing the image",
+                             f"nnUNetTrainerShapeDescriptorsRecon{suffix}", did, effort=vcd_values,
+                             effort_unit="values"))
     return rows + _baseline_rows(full_effort=rows[0].effort, vcd_values=vcd_values)
 
 
@@ -548,9 +551,9 @@ def _write_report(runner: _Runner, rows: Sequence[SuiteRow], summaries: Mapping[
     return report
 
 
-def _n_stages(suite: str) -> int:
+def _n_stages(suite: str, recon_row: bool = False) -> int:
     if suite == "weak":
-        trained = 1 + len(WEAK_SLICES) + len(WEAK_POINTS) + 2
+        trained = 1 + len(WEAK_SLICES) + len(WEAK_POINTS) + 1 + int(recon_row)
         preparation = 2 * len(WEAK_SLICES) + 2 * len(WEAK_POINTS)
     else:
         trained = 1 + len(CLICK_POINTS) + len(PRIOR_LOOSENESS) + 2
@@ -565,7 +568,7 @@ def run_suite(options: DemoOptions, suite: str) -> SuiteResult:
 
     if suite not in SUITES:
         raise StageFailed(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
-    runner = _Runner(options, suite, _n_stages(suite))
+    runner = _Runner(options, suite, _n_stages(suite, options.recon_row))
     if options.skip_training:
         if not (runner.raw_dataset / "dataset.json").is_file():
             raise StageFailed(f"--skip-training: nothing to reuse in {runner.raw_dataset}")

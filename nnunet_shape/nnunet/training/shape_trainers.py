@@ -31,6 +31,11 @@ from torch import autocast
 
 from nnunet_shape.core.barrier import BarrierSchedule
 from nnunet_shape.core.bounds import DescriptorBounds
+from nnunet_shape.core.descriptor_templates import (
+    ellipsoid_template,
+    template_cross_entropy,
+    template_targets_from_bounds,
+)
 from nnunet_shape.core.descriptors import one_hot_labels
 from nnunet_shape.core.geometry import preprocessed_spacing
 from nnunet_shape.core.image_terms import edge_aware_boundary, prediction_entropy, region_homogeneity
@@ -52,6 +57,7 @@ from nnunet_shape.nnunet.training.variants import (
     Schedule5Epochs,
     Schedule50Epochs,
     Schedule250Epochs,
+    SuiteSchedule,
     trainer_names,
 )
 from nnunet_shape.nnunet.training.whole_scan import load_preprocessed_image, nnUNetTrainerWholeScan
@@ -145,6 +151,13 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
     #: standard deviations of the image)
     intensity_relative_margin: float = 0.1
     intensity_absolute_margin: float = 0.1
+    #: descriptor templates (docs/method.md, "Descriptor templates"): a cross-entropy towards the
+    #: per-case ellipsoids of the centroid and spread targets (no information beyond the
+    #: descriptors), weight ``template_weight`` in the first epoch, decreasing linearly to 0 at
+    #: ``template_decay_fraction`` of the epochs (1.0: until the last epoch); 0 = off. Needs
+    #: per-case centroid and spread targets.
+    template_weight: float = 0.0
+    template_decay_fraction: float = 0.5
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -152,6 +165,12 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         if unknown:
             raise ValueError(f"{type(self).__name__}.intensity_statistics: unknown {unknown}; known: "
                              f"{INTENSITY_STATISTICS}")
+        if self.template_weight < 0 or not 0 < self.template_decay_fraction <= 1:
+            raise ValueError(f"{type(self).__name__}: template_weight must be >= 0 and template_decay_fraction in "
+                             f"(0, 1], not {self.template_weight} and {self.template_decay_fraction}")
+        if self.template_weight and not {"centroid", "spread"} <= set(self.descriptors):
+            raise ValueError(f"{type(self).__name__}: template_weight {self.template_weight} needs centroid and spread "
+                             f"targets, but the trainer's descriptors are {self.descriptors}")
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = self.initial_learning_rate
         self.barrier_schedule = BarrierSchedule(self.barrier_t0, self.barrier_factor, self.barrier_t_max)
@@ -253,28 +272,34 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         image = data.float() if self._uses_intensity() else None
         values = intensity_values(probabilities, image) if image is not None else None
         result = self.loss(probabilities, bounds, spacing, return_result=True, values=values)
-        hard = self._hard_result(probabilities, bounds, spacing, image)
+        # the prediction the user gets, and its class intensities: computed once, measured against
+        # the descriptor bounds and (with intensity_weight) the intensity bounds
+        with torch.no_grad():
+            hard = hard_prediction(probabilities.detach(), self.label_manager.has_regions)
+            hard_values = intensity_values(hard, image) if image is not None else None
+        hard_result = self._hard_result(hard, bounds, spacing, hard_values)
         satisfied = {**satisfaction_codes(result, self.descriptors),
-                     **satisfaction_codes(hard, self.descriptors, prefix="hard_satisfied_")}
+                     **satisfaction_codes(hard_result, self.descriptors, prefix="hard_satisfied_")}
         loss = result.loss + self._extra_loss(data, probabilities, spacing)
+        if self._template_weight_now():
+            loss = loss + self._template_weight_now() * self._template_loss(output, bounds, spacing)
         if self.intensity_weight:
-            soft_i, hard_i = self._intensity_results(batch, image, probabilities, bounds, values)
+            soft_i, hard_i = self._intensity_results(batch, image, probabilities, values, hard, hard_values, bounds)
             names = self._satisfaction_names()[len(self.descriptors):]
             satisfied.update({**satisfaction_codes(soft_i, names),
                               **satisfaction_codes(hard_i, names, prefix="hard_satisfied_")})
             loss = loss + self.intensity_weight * soft_i.loss
         return loss, output, satisfied
 
-    def _hard_result(self, probabilities: torch.Tensor, bounds: DescriptorBounds, spacing: torch.Tensor,
-                     image: torch.Tensor | None = None):
-        """The loss result of the hard prediction against the same bounds (no gradient). The
-        functional loss is called directly, so the loss module's state (``last_result``) stays
-        that of the soft output. ``image`` (the normalised input): the hard prediction's class
-        intensities are handed to the loss too (for intensity relations among the priors)."""
+    def _hard_result(self, hard: torch.Tensor, bounds: DescriptorBounds, spacing: torch.Tensor,
+                     values: dict[str, torch.Tensor] | None = None):
+        """The loss result of the hard prediction ``hard`` (:func:`hard_prediction`, (B, K, *S))
+        against the same bounds (no gradient). The functional loss is called directly, so the loss
+        module's state (``last_result``) stays that of the soft output. ``values``: the hard
+        prediction's class intensities (:func:`intensity_values`; for intensity relations among
+        the priors), None when the trainer uses none."""
         loss = self.loss
-        hard = hard_prediction(probabilities.detach(), self.label_manager.has_regions)
         with torch.no_grad():
-            values = intensity_values(hard, image) if image is not None else None
             return shape_descriptor_loss(hard, loss.make_bounds(bounds, hard.shape[1], hard.shape[2:], spacing),
                                          spacing=spacing, t=loss.t, descriptors=loss.descriptors,
                                          include_background=loss.include_background, priors=loss.priors,
@@ -303,10 +328,13 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
                                              self.intensity_absolute_margin)
 
     def _intensity_results(self, batch: dict, image: torch.Tensor, probabilities: torch.Tensor,
-                           bounds: DescriptorBounds, values: dict[str, torch.Tensor]):
+                           values: dict[str, torch.Tensor], hard: torch.Tensor, hard_values: dict[str, torch.Tensor],
+                           bounds: DescriptorBounds):
         """The loss results (soft output, hard prediction) of the per-case intensity bounds alone:
         one barrier term per statistic (:class:`~nnunet_shape.core.intensity.IntensityBoundsTerm`,
-        named ``intensity_mean`` / ``intensity_std``), the descriptor bounds' presence and ``t``."""
+        named ``intensity_mean`` / ``intensity_std``), the descriptor bounds' presence and ``t``.
+        ``values`` / ``hard_values``: the class intensities of ``probabilities`` / of the hard
+        prediction ``hard`` (computed once per step by the caller)."""
         regions = self.label_manager.has_regions
         limits = self._intensity_bounds(batch, image)
         terms = [IntensityBoundsTerm(limits, s, include_background=regions) for s in self.intensity_statistics]
@@ -314,9 +342,31 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
         common = dict(descriptors=(), priors=terms, t=self.loss.t, reduction=self.loss.reduction)
         soft = shape_descriptor_loss(probabilities, presence, values=values, **common)
         with torch.no_grad():
-            hard = hard_prediction(probabilities.detach(), regions)
-            hard_result = shape_descriptor_loss(hard, presence, values=intensity_values(hard, image), **common)
+            hard_result = shape_descriptor_loss(hard, presence, values=hard_values, **common)
         return soft, hard_result
+
+    def _template_weight_now(self) -> float:
+        """The template term's weight in the current epoch: ``template_weight`` at epoch 0, linearly
+        down to 0 at ``template_decay_fraction * num_epochs``, 0 after."""
+        if not self.template_weight:
+            return 0.0
+        end = self.template_decay_fraction * self.num_epochs
+        return float(self.template_weight * max(0.0, 1.0 - self.current_epoch / end))
+
+    def _template_loss(self, logits: torch.Tensor, bounds: DescriptorBounds, spacing: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of ``logits`` (B, K, *S) towards the ellipsoids of the per-case centroid and
+        spread targets (:func:`~nnunet_shape.core.descriptor_templates.ellipsoid_template`)."""
+        if self.label_manager.has_regions:
+            raise UserError(f"{type(self).__name__}: template_weight {self.template_weight} needs one label per voxel; "
+                            f"dataset {self.plans_manager.dataset_name} trains regions (set template_weight = 0)")
+        targets = template_targets_from_bounds(bounds)
+        if targets is None:
+            raise UserError(f"{type(self).__name__}: template_weight {self.template_weight} needs per-case centroid "
+                            f"and spread targets, and this trainer's bounds have none (descriptors: "
+                            f"{bounds.names}); set template_weight = 0")
+        centroid, spread, present = targets
+        template = ellipsoid_template(centroid, spread, present, logits.shape[2:], spacing)
+        return template_cross_entropy(logits, template)
 
     def _extra_loss(self, data: torch.Tensor, probabilities: torch.Tensor, spacing: torch.Tensor) -> torch.Tensor:
         """The image-aware terms with their class-attribute weights (0 when every weight is 0).
@@ -508,7 +558,7 @@ class nnUNetTrainerShapeDescriptors(nnUNetTrainerWholeScan):
             self._best_satisfaction = ema
             self.print_to_log_file(f"New best EMA hard-prediction descriptor satisfaction: {np.round(ema, decimals=4)}")
             self.save_checkpoint(join(self.output_folder, "checkpoint_best.pth"))
-        if self.local_rank == 0:
+        if self.local_rank == 0 and self._plots_progress_now():
             self.logger.plot_progress_png(self.output_folder)
             plot_descriptor_progress(self.logger.local_logger.my_fantastic_logging, self._satisfaction_names(),
                                      self._classes_for_report(), self.output_folder)
@@ -584,6 +634,15 @@ class nnUNetTrainerShapeDescriptorsIntensity(nnUNetTrainerShapeDescriptors):
     intensity_weight = 1.0
 
 
+class nnUNetTrainerShapeDescriptorsTemplate(nnUNetTrainerShapeDescriptors):
+    """V+C+D (paper 000's targets) plus the descriptor templates: a cross-entropy towards each case's
+    ellipsoids of its centroid and spread targets, weight 1 in the first epoch, decreasing linearly to
+    0 at half of the epochs, so the barrier starts from mass in the right place (docs/method.md,
+    "Descriptor templates"). The same annotation as V+C+D: no value beyond the descriptors."""
+
+    template_weight = 1.0
+
+
 class nnUNetTrainerShapeFullSupervision(nnUNetTrainerWholeScan):
     """Reference row of Table 1: nnU-Net's DC+CE loss (deep supervision) on the same whole-scan
     STD/EXP setup."""
@@ -594,6 +653,7 @@ class nnUNetTrainerShapeDescriptors_5epochs(Schedule5Epochs, nnUNetTrainerShapeD
 class nnUNetTrainerShapeDescriptors_50epochs(Schedule50Epochs, nnUNetTrainerShapeDescriptors): ...
 class nnUNetTrainerShapeDescriptors_250epochs(Schedule250Epochs, nnUNetTrainerShapeDescriptors): ...
 class nnUNetTrainerShapeDescriptors_demo(DemoSchedule, nnUNetTrainerShapeDescriptors): ...
+class nnUNetTrainerShapeDescriptors_suite(SuiteSchedule, nnUNetTrainerShapeDescriptors): ...
 class nnUNetTrainerShapeDescriptors_debug(DebugSchedule, nnUNetTrainerShapeDescriptors): ...
 
 
@@ -601,6 +661,7 @@ class nnUNetTrainerShapeDescriptorsVC_5epochs(Schedule5Epochs, nnUNetTrainerShap
 class nnUNetTrainerShapeDescriptorsVC_50epochs(Schedule50Epochs, nnUNetTrainerShapeDescriptorsVC): ...
 class nnUNetTrainerShapeDescriptorsVC_250epochs(Schedule250Epochs, nnUNetTrainerShapeDescriptorsVC): ...
 class nnUNetTrainerShapeDescriptorsVC_demo(DemoSchedule, nnUNetTrainerShapeDescriptorsVC): ...
+class nnUNetTrainerShapeDescriptorsVC_suite(SuiteSchedule, nnUNetTrainerShapeDescriptorsVC): ...
 class nnUNetTrainerShapeDescriptorsVC_debug(DebugSchedule, nnUNetTrainerShapeDescriptorsVC): ...
 
 
@@ -608,6 +669,7 @@ class nnUNetTrainerShapeDescriptorsVCDS_5epochs(Schedule5Epochs, nnUNetTrainerSh
 class nnUNetTrainerShapeDescriptorsVCDS_50epochs(Schedule50Epochs, nnUNetTrainerShapeDescriptorsVCDS): ...
 class nnUNetTrainerShapeDescriptorsVCDS_250epochs(Schedule250Epochs, nnUNetTrainerShapeDescriptorsVCDS): ...
 class nnUNetTrainerShapeDescriptorsVCDS_demo(DemoSchedule, nnUNetTrainerShapeDescriptorsVCDS): ...
+class nnUNetTrainerShapeDescriptorsVCDS_suite(SuiteSchedule, nnUNetTrainerShapeDescriptorsVCDS): ...
 class nnUNetTrainerShapeDescriptorsVCDS_debug(DebugSchedule, nnUNetTrainerShapeDescriptorsVCDS): ...
 
 
@@ -615,6 +677,7 @@ class nnUNetTrainerShapeDescriptorsGrowingT_5epochs(Schedule5Epochs, nnUNetTrain
 class nnUNetTrainerShapeDescriptorsGrowingT_50epochs(Schedule50Epochs, nnUNetTrainerShapeDescriptorsGrowingT): ...
 class nnUNetTrainerShapeDescriptorsGrowingT_250epochs(Schedule250Epochs, nnUNetTrainerShapeDescriptorsGrowingT): ...
 class nnUNetTrainerShapeDescriptorsGrowingT_demo(DemoSchedule, nnUNetTrainerShapeDescriptorsGrowingT): ...
+class nnUNetTrainerShapeDescriptorsGrowingT_suite(SuiteSchedule, nnUNetTrainerShapeDescriptorsGrowingT): ...
 class nnUNetTrainerShapeDescriptorsGrowingT_debug(DebugSchedule, nnUNetTrainerShapeDescriptorsGrowingT): ...
 
 
@@ -622,6 +685,7 @@ class nnUNetTrainerShapeDescriptorsImageAware_5epochs(Schedule5Epochs, nnUNetTra
 class nnUNetTrainerShapeDescriptorsImageAware_50epochs(Schedule50Epochs, nnUNetTrainerShapeDescriptorsImageAware): ...
 class nnUNetTrainerShapeDescriptorsImageAware_250epochs(Schedule250Epochs, nnUNetTrainerShapeDescriptorsImageAware): ...
 class nnUNetTrainerShapeDescriptorsImageAware_demo(DemoSchedule, nnUNetTrainerShapeDescriptorsImageAware): ...
+class nnUNetTrainerShapeDescriptorsImageAware_suite(SuiteSchedule, nnUNetTrainerShapeDescriptorsImageAware): ...
 class nnUNetTrainerShapeDescriptorsImageAware_debug(DebugSchedule, nnUNetTrainerShapeDescriptorsImageAware): ...
 
 
@@ -629,13 +693,23 @@ class nnUNetTrainerShapeDescriptorsIntensity_5epochs(Schedule5Epochs, nnUNetTrai
 class nnUNetTrainerShapeDescriptorsIntensity_50epochs(Schedule50Epochs, nnUNetTrainerShapeDescriptorsIntensity): ...
 class nnUNetTrainerShapeDescriptorsIntensity_250epochs(Schedule250Epochs, nnUNetTrainerShapeDescriptorsIntensity): ...
 class nnUNetTrainerShapeDescriptorsIntensity_demo(DemoSchedule, nnUNetTrainerShapeDescriptorsIntensity): ...
+class nnUNetTrainerShapeDescriptorsIntensity_suite(SuiteSchedule, nnUNetTrainerShapeDescriptorsIntensity): ...
 class nnUNetTrainerShapeDescriptorsIntensity_debug(DebugSchedule, nnUNetTrainerShapeDescriptorsIntensity): ...
+
+
+class nnUNetTrainerShapeDescriptorsTemplate_5epochs(Schedule5Epochs, nnUNetTrainerShapeDescriptorsTemplate): ...
+class nnUNetTrainerShapeDescriptorsTemplate_50epochs(Schedule50Epochs, nnUNetTrainerShapeDescriptorsTemplate): ...
+class nnUNetTrainerShapeDescriptorsTemplate_250epochs(Schedule250Epochs, nnUNetTrainerShapeDescriptorsTemplate): ...
+class nnUNetTrainerShapeDescriptorsTemplate_demo(DemoSchedule, nnUNetTrainerShapeDescriptorsTemplate): ...
+class nnUNetTrainerShapeDescriptorsTemplate_suite(SuiteSchedule, nnUNetTrainerShapeDescriptorsTemplate): ...
+class nnUNetTrainerShapeDescriptorsTemplate_debug(DebugSchedule, nnUNetTrainerShapeDescriptorsTemplate): ...
 
 
 class nnUNetTrainerShapeFullSupervision_5epochs(Schedule5Epochs, nnUNetTrainerShapeFullSupervision): ...
 class nnUNetTrainerShapeFullSupervision_50epochs(Schedule50Epochs, nnUNetTrainerShapeFullSupervision): ...
 class nnUNetTrainerShapeFullSupervision_250epochs(Schedule250Epochs, nnUNetTrainerShapeFullSupervision): ...
 class nnUNetTrainerShapeFullSupervision_demo(DemoSchedule, nnUNetTrainerShapeFullSupervision): ...
+class nnUNetTrainerShapeFullSupervision_suite(SuiteSchedule, nnUNetTrainerShapeFullSupervision): ...
 class nnUNetTrainerShapeFullSupervision_debug(DebugSchedule, nnUNetTrainerShapeFullSupervision): ...
 
 

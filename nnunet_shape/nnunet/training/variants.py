@@ -49,11 +49,25 @@ class Schedule250Epochs:
 
 class DemoSchedule:
     """``make demo`` (nnunet_shape.demo): every Table-1 row gets this CPU-sized schedule,
-    12 epochs of 50 iterations, 2 validation iterations."""
+    12 epochs of 50 iterations, 2 validation iterations; progress plots after every 4th epoch
+    (plotting every epoch cost 12 % of a demo training on 2 CPU cores)."""
 
     training_epochs: int = 12
     iterations_per_epoch: int = 50
     val_iterations_per_epoch: int = 2
+    progress_plot_every: int = 4
+
+
+class SuiteSchedule:
+    """The comparison suites (``make demo-weak``, ``make demo-priors``): 10 epochs of 50 iterations,
+    2 validation iterations, progress plots after every 5th epoch -- the demo's iterations cut by a
+    sixth so that a suite of six or seven trainings fits 25 minutes on 2 CPU cores
+    (docs/weak-points.md, docs/population-priors.md)."""
+
+    training_epochs: int = 10
+    iterations_per_epoch: int = 50
+    val_iterations_per_epoch: int = 2
+    progress_plot_every: int = 5
 
 
 class DebugSchedule:
@@ -70,6 +84,7 @@ LENGTH_SCHEDULES: dict[str, type] = {
     "_50epochs": Schedule50Epochs,
     "_250epochs": Schedule250Epochs,
     "_demo": DemoSchedule,
+    "_suite": SuiteSchedule,
     "_debug": DebugSchedule,
 }
 
