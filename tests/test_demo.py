@@ -114,6 +114,11 @@ def test_settings_match_the_trainers():
     for setting in demo_settings(image_aware=True):
         cls = getattr(shape_trainers, setting.trainer)
         assert getattr(cls, "descriptors", None) == setting.descriptors
+        # the intensity values a row is given are counted in its annotation
+        given = tuple(cls.intensity_statistics) if getattr(cls, "intensity_weight", 0.0) else ()
+        assert setting.intensity_statistics == given, setting.title
+    assert IMAGE_AWARE_SETTING.value_names == ("volume", "centroid", "spread", "intensity_mean")
+    assert descriptor_value_count(IMAGE_AWARE_SETTING.value_names, 4) == 32
     assert shape_trainers.nnUNetTrainerShapeDescriptorsImageAware.homogeneity_weight > 0  # it does use the image
     for suffix in ("_demo", "_debug"):
         schedules = {demo._trainer_schedule(s.trainer + suffix) for s in demo_settings(image_aware=True)}

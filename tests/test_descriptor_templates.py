@@ -13,6 +13,7 @@ from nnunet_shape.core.descriptor_templates import (
     ellipsoid_template,
     template_cross_entropy,
     template_targets_from_bounds,
+    template_volume_from_bounds,
 )
 from nnunet_shape.core.descriptors import centroid as centroid_of
 from nnunet_shape.core.descriptors import one_hot_labels
@@ -121,6 +122,8 @@ def test_targets_from_bounds_are_the_midpoints_and_need_centroid_and_spread():
     c, _, present = template_targets_from_bounds(one_sided)
     assert torch.isnan(c).all() and present.all()
     assert template_targets_from_bounds(bounds_from_targets({"volume": volume})) is None
+    torch.testing.assert_close(template_volume_from_bounds(bounds), volume)  # +-10 %: the midpoint
+    assert template_volume_from_bounds(bounds_from_targets({"centroid": centroid})) is None
 
 
 def test_template_cross_entropy_is_the_mean_negative_log_softmax_of_the_template_class():
@@ -132,3 +135,25 @@ def test_template_cross_entropy_is_the_mean_negative_log_softmax_of_the_template
     assert torch.autograd.gradcheck(lambda x: template_cross_entropy(x, template), logits.double().requires_grad_())
     with pytest.raises(ValueError, match="do not match"):
         template_cross_entropy(logits, template[..., :1])
+
+
+def test_volume_target_flattens_the_shortest_semi_axis_never_lengthens():
+    """Moment semi-axes 2 mm (a ball); volume target 4/3 pi 2 2 1: the first (shortest, ties: the
+    first) semi-axis becomes 1 mm. Counted by hand: 13 voxels in the plane x = 0 (y^2 + z^2 <= 4)
+    and one either side: 15. A larger or unknown volume leaves the ball (33 voxels)."""
+    c = [3.0, 3.0, 3.0]
+    sigma = [2 * UNIT_RADIUS_SPREAD] * 3
+    args = (torch.tensor([[c, c]]), torch.tensor([[[1.0] * 3, sigma]]), torch.ones(1, 2, dtype=bool), (7, 7, 7),
+            (1.0, 1.0, 1.0))
+    ball = ellipsoid_template(*args)
+    assert int(ball.sum()) == 33
+    flat = ellipsoid_template(*args, volume=torch.tensor([[0.0, 4 / 3 * math.pi * 4.0]]))
+    assert int(flat.sum()) == 15
+    assert int(flat[0, 2, 3, 3]) == 1 and int(flat[0, 2, 3, 4]) == 0 and int(flat[0, 3, 3, 5]) == 1
+    for volume in (4 / 3 * math.pi * 100.0, math.nan, 0.0):
+        assert torch.equal(ellipsoid_template(*args, volume=torch.tensor([[1.0, volume]])), ball), volume
+    # never thinner than one voxel: a tiny volume keeps a one-voxel-thick disc
+    thin = ellipsoid_template(*args, volume=torch.tensor([[1.0, 1e-6]]))
+    assert int((thin[0] == 1).sum()) == 13 and int(thin[0, 3].sum()) == 13
+    with pytest.raises(ValueError, match="volume must be"):
+        ellipsoid_template(*args, volume=torch.ones(1, 3))

@@ -35,7 +35,8 @@ from torch import Tensor
 
 from nnunet_shape.core.bounds import DescriptorBounds
 
-__all__ = ["ellipsoid_template", "template_cross_entropy", "template_targets_from_bounds"]
+__all__ = ["ellipsoid_template", "template_cross_entropy", "template_targets_from_bounds",
+           "template_volume_from_bounds"]
 
 #: variance of a uniform solid ellipsoid along a semi-axis a is a^2 / 5
 SOLID_ELLIPSOID_VARIANCE_FACTOR = 5.0
@@ -52,7 +53,7 @@ def _spacing(spacing: Tensor | Sequence[float], batch: int, ndim: int, device: t
 
 
 def ellipsoid_template(centroid: Tensor, spread: Tensor, present: Tensor, spatial_shape: Sequence[int],
-                       spacing: Tensor | Sequence[float]) -> Tensor:
+                       spacing: Tensor | Sequence[float], volume: Tensor | None = None) -> Tensor:
     """The ellipsoid label map of the descriptor targets (see the module doc).
 
     Args:
@@ -63,6 +64,11 @@ def ellipsoid_template(centroid: Tensor, spread: Tensor, present: Tensor, spatia
             finite get no ellipsoid.
         spatial_shape: ``(*S)``, D axes.
         spacing: (D,) or (B, D) mm.
+        volume: optional (B, K) target volumes (mm^3, mm^2 in 2-D): where a class's moment
+            ellipsoid is larger, its shortest semi-axis is shortened until the ellipsoid has that
+            volume (a thin sheet such as cartilage has a large moment ellipsoid but a small volume:
+            the template becomes a flat disc of the right volume instead of a thick lens that the
+            volume bound would fight); never lengthened. NaN or non-finite: unchanged.
 
     Returns:
         (B, *S) int64 label map with values in ``0..K-1``.
@@ -79,6 +85,20 @@ def ellipsoid_template(centroid: Tensor, spread: Tensor, present: Tensor, spatia
     c = centroid.float()
     sigma = torch.maximum(spread.float(), (s / math.sqrt(12.0)).unsqueeze(1))
     semi_axes = math.sqrt(SOLID_ELLIPSOID_VARIANCE_FACTOR) * sigma  # (B, K, D)
+    if volume is not None:
+        if volume.shape != centroid.shape[:2]:
+            raise ValueError(f"ellipsoid_template: volume must be (B, K) = {tuple(centroid.shape[:2])}, got "
+                             f"{tuple(volume.shape)}")
+        # volume of a D-ball of radius 1: 4/3 pi (3-D), pi (2-D)
+        unit_ball = math.pi ** (ndim / 2) / math.gamma(ndim / 2 + 1)
+        ellipsoid_volume = unit_ball * semi_axes.prod(-1)
+        ratio = torch.where(torch.isfinite(volume) & (volume > 0), volume.float() / ellipsoid_volume,
+                            torch.ones_like(ellipsoid_volume)).clamp(max=1.0)
+        shortest = semi_axes.argmin(-1, keepdim=True)
+        voxel_floor = math.sqrt(SOLID_ELLIPSOID_VARIANCE_FACTOR / 12.0) * s.unsqueeze(1).expand_as(semi_axes)
+        floor = voxel_floor.gather(-1, shortest)
+        shortened = torch.maximum(semi_axes.gather(-1, shortest) * ratio.unsqueeze(-1), floor)
+        semi_axes = semi_axes.scatter(-1, shortest, shortened)
     valid = present.bool() & torch.isfinite(c).all(-1) & torch.isfinite(sigma).all(-1)
     valid[:, 0] = False
     # normalised squared radius, summed axis by axis without a coordinate grid of (B, K, *S)
@@ -94,6 +114,16 @@ def ellipsoid_template(centroid: Tensor, spread: Tensor, present: Tensor, spatia
     volume = torch.where(valid, semi_axes.prod(-1), torch.full_like(semi_axes[..., 0], math.inf))
     score = torch.where(inside, volume.reshape(batch, classes, *([1] * ndim)), torch.full_like(radius, math.inf))
     return torch.where(inside.any(1), score.argmin(1), torch.zeros((), dtype=torch.int64, device=device))
+
+
+def template_volume_from_bounds(bounds: DescriptorBounds) -> Tensor | None:
+    """(B, K) midpoints of the two-sided volume bounds (NaN where a side is missing), or None when
+    ``bounds`` constrain no volume."""
+    if "volume" not in bounds.lower:
+        return None
+    lower, upper = bounds.lower["volume"], bounds.upper["volume"]
+    return torch.where(torch.isfinite(lower) & torch.isfinite(upper), (lower + upper) / 2,
+                       torch.full_like(lower, math.nan))
 
 
 def template_targets_from_bounds(bounds: DescriptorBounds) -> tuple[Tensor, Tensor, Tensor] | None:

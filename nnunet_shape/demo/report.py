@@ -83,7 +83,7 @@ def table_rows(summaries: Mapping[tuple[str, str], Mapping[str, Any]], settings:
             if setting.descriptors is None:
                 annotations, unit = voxel_annotation_count(case_shape), "voxels"
             else:
-                annotations, unit = descriptor_value_count(setting.descriptors, n_classes, ndim), "descriptor values"
+                annotations, unit = descriptor_value_count(setting.value_names, n_classes, ndim), "descriptor values"
             rows.append(TableRow(
                 setting=setting.title, trainer=setting.trainer + trainer_suffix, postprocessing=variant,
                 avg_dice=float(summary["foreground_mean"]["Dice"]),
@@ -533,9 +533,9 @@ def write_report(output: Path, options: DemoOptions, rows: Sequence[TableRow],
     for setting in settings:
         if setting.descriptors is None:
             continue
-        parts = " + ".join(f"{d} {VALUES_PER_CLASS[d](len(case_shape))}" for d in setting.descriptors)
+        parts = " + ".join(f"{d} {VALUES_PER_CLASS[d](len(case_shape))}" for d in setting.value_names)
         lines.append(f"* {setting.title}: {len(labels)} classes × ({parts}) = "
-                     f"{descriptor_value_count(setting.descriptors, len(labels), len(case_shape))} values per case.")
+                     f"{descriptor_value_count(setting.value_names, len(labels), len(case_shape))} values per case.")
     lines += [
         "* Paper 000 reports 16 (V+C) and 20 (V+C+D) shape descriptors: it counts the centroid as 3 "
         "values but 𝔇 as one descriptor per class, although the loss constrains one 𝔇 value per axis.",

@@ -63,6 +63,15 @@ class Setting:
     slug: str
     trainer: str
     descriptors: tuple[str, ...] | None
+    #: per-case intensity statistics the trainer is given besides the descriptors ("mean": one value
+    #: per class and channel; they must equal the trainer's ``intensity_statistics`` when its
+    #: ``intensity_weight`` is on)
+    intensity_statistics: tuple[str, ...] = ()
+
+    @property
+    def value_names(self) -> tuple[str, ...]:
+        """What a human supplies per class and case: the descriptors, then ``intensity_<stat>``."""
+        return (*(self.descriptors or ()), *(f"intensity_{s}" for s in self.intensity_statistics))
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -73,7 +82,7 @@ SETTINGS: tuple[Setting, ...] = (
 #: ``--image-aware``: V+C+D plus the image-aware terms (region homogeneity, edge-aware boundary,
 #: entropy; issue 14), the same targets as V+C+D
 IMAGE_AWARE_SETTING = Setting("V+C+D + image terms", "image_aware", "nnUNetTrainerShapeDescriptorsImageAware",
-                              ("volume", "centroid", "spread"))
+                              ("volume", "centroid", "spread"), intensity_statistics=("mean",))
 #: the expected ordering of the rows by mean Dice, best first (paper 000: full > V+C+D > V+C; issue
 #: 14: the image terms between full supervision and V+C+D)
 EXPECTED_ORDER: tuple[str, ...] = ("full_supervision", "image_aware", "vcd", "vc")
@@ -101,6 +110,9 @@ VALUES_PER_CLASS: dict[str, Callable[[int], int]] = {
     "centroid": lambda d: d,
     "spread": lambda d: d,  # one per axis: sqrt(diag covariance)
     "covariance": lambda d: d * (d + 1) // 2,  # symmetric: upper triangle only
+    # intensity descriptors: one value per class (and image channel; the demo's images have one)
+    "intensity_mean": lambda d: 1,
+    "intensity_std": lambda d: 1,
 }
 
 
