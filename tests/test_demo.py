@@ -765,8 +765,9 @@ def test_brain_demo_with_the_image_aware_row_smoke_run(tmp_path):
     assert [(r["setting"], r["postprocessing"]) for r in rows] == [
         (s.title, v) for s in settings for v in ("raw", "largest_component", "chosen")] + [
         (BASELINE_TITLES[b], "none") for b in ("atlas", "descriptor_ellipsoids")]
-    # 2 classes: V+C 2 x (1 + 3), V+C+D (with or without the image terms) 2 x (1 + 3 + 3)
-    assert [r["annotations_per_case"] for r in rows[:12:3]] == [str(math.prod(shape)), "8", "14", "14"]
+    # 2 classes: V+C 2 x (1 + 3), V+C+D 2 x (1 + 3 + 3), the image-aware row adds each class's mean intensity
+    # (one channel): 2 x (1 + 3 + 3 + 1)
+    assert [r["annotations_per_case"] for r in rows[:12:3]] == [str(math.prod(shape)), "8", "14", "16"]
     assert rows[9]["trainer"] == "nnUNetTrainerShapeDescriptorsImageAware_debug"
     for row in rows[:-2]:
         slug = next(s.slug for s in settings if s.title == row["setting"])
