@@ -79,8 +79,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("V+C", "vc", "nnUNetTrainerShapeDescriptorsVC", ("volume", "centroid")),
     Setting("V+C+D", "vcd", "nnUNetTrainerShapeDescriptors", ("volume", "centroid", "spread")),
 )
-#: ``--image-aware``: V+C+D plus the image-aware terms (region homogeneity, edge-aware boundary,
-#: entropy; issue 14), the same targets as V+C+D
+#: ``--image-aware``: V+C+D plus what docs/image-aware-study.md kept (descriptor templates, region
+#: homogeneity, edge-aware boundary, entropy, +-20 % volume; issue 14) and each class's mean intensity
 IMAGE_AWARE_SETTING = Setting("V+C+D + image terms", "image_aware", "nnUNetTrainerShapeDescriptorsImageAware",
                               ("volume", "centroid", "spread"), intensity_statistics=("mean",))
 #: the expected ordering of the rows by mean Dice, best first (paper 000: full > V+C+D > V+C; issue
