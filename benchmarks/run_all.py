@@ -105,6 +105,14 @@ def _channels_last_verdict(rows: Rows) -> Verdict:
                                f"{ours['max_output_difference']:.1e}")
 
 
+def _prior_relations_verdict(rows: Rows) -> Verdict:
+    ours = next((r for r in rows if r.get("variant") == "relations batched"), None)
+    if ours is None:
+        return None, "no batched row"
+    return bool(ours["met"]), (f"{ours['relations']} relations, batch {ours['batch_size']}: batched relations add "
+                               f"{ours['ratio']:.2f}x what the per-sample ones add")
+
+
 @dataclass(frozen=True)
 class Benchmark:
     """One question: which script answers it, how to call it and how to judge its rows."""
@@ -167,6 +175,11 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "weights channels-last (nnUNetTrainerWholeScan.channels_last_on_cpu) versus the default "
         "layout.",
         "channels-last step <= 0.95x the default layout's", _channels_last_verdict),
+    Benchmark(
+        "prior_relations", "8. Population-prior relations in the loss",
+        "Forward + backward of the V+C+D loss with the 18 relations of a knee population prior (batch 2, "
+        "24x32x32): each relation evaluated once for the batch (PerSampleRelation) versus once per sample.",
+        "batched relations add <= 0.6x what the per-sample ones add", _prior_relations_verdict),
 )
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from nnunet_shape.core.barrier import extended_log_barrier
+from nnunet_shape.core.bounds import interval_half_width
 from nnunet_shape.core.descriptors import (
     DESCRIPTOR_NAMES,
     compute_descriptors,
@@ -73,6 +74,29 @@ def test_bounds_half_widths(name, tau, relative, absolute, expected_half):
     half = torch.tensor(expected_half, dtype=torch.float64)
     torch.testing.assert_close(bounds.lower[name], tau_t - half)
     torch.testing.assert_close(bounds.upper[name], tau_t + half)
+
+
+INF, NAN = math.inf, math.nan
+
+
+@pytest.mark.parametrize("lower, upper, floor, expected", [
+    ([2.0], [6.0], 0.5, [2.0]),  # two-sided: half the interval
+    ([2.0], [2.0], 0.5, [0.5]),  # an equality: the floor
+    ([-40.0], [INF], 0.5, [4.0]),  # one-sided: 10 % of the bound
+    ([NAN], [30.0], 0.5, [3.0]),
+    ([NAN], [INF], 0.25, [0.25]),  # unbounded (unused): the floor
+    ([1.0, 5.0], [3.0, 5.0], [[0.1, 0.2]], [1.0, 0.2]),  # a floor per component
+])
+def test_interval_half_width_is_the_one_scale_rule(lower, upper, floor, expected):
+    scale = interval_half_width(torch.tensor(lower, dtype=torch.float64), torch.tensor(upper, dtype=torch.float64),
+                                torch.tensor(floor, dtype=torch.float64) if isinstance(floor, list) else floor)
+    torch.testing.assert_close(scale.reshape(-1), torch.tensor(expected, dtype=torch.float64))
+
+
+def test_interval_half_width_masks_skip_finite_sides():
+    scale = interval_half_width(torch.tensor([2.0]), torch.tensor([6.0]), 0.1, lower_ok=torch.tensor([False]),
+                                upper_ok=torch.tensor([True]))
+    torch.testing.assert_close(scale, torch.tensor([0.6]))
 
 
 def test_covariance_bounds_scale_with_the_diagonal():

@@ -178,25 +178,62 @@ def test_relations_after_affine(matrix, offset_low, offset_high, spread_low, spr
     assert (nest == NESTED) if nested else nest is None
 
 
-def test_per_sample_relation_is_each_samples_penalty_and_skips_dropped_samples():
+@pytest.mark.parametrize("column", [
+    (CentroidOffset(1, 2, (-1.0, 0.0, 2.0), (1.0, 3.0, 5.0)), None,
+     CentroidOffset(1, 2, (-9.0, -9.0, -9.0), (-8.0, -8.0, -8.0))),
+    (DescriptorRatio("spread", 2, 1, (0.5, 1.0, math.nan), (2.0, 3.0, math.nan)), None,
+     DescriptorRatio("spread", 2, 1, (1.0, math.nan, 0.5), (3.0, math.nan, 2.0))),
+    (DescriptorRatio("volume", 2, 1, (0.5,), (2.0,)), DescriptorRatio("volume", 2, 1, (0.5,), (2.0,)),
+     DescriptorRatio("volume", 2, 1, (0.5,), (2.0,))),
+    (NestedCentroid(2, 1, 0.5), None, NestedCentroid(2, 1, 0.5)),
+], ids=["offset", "spread-ratio", "volume-ratio", "nested"])
+def test_per_sample_relation_is_each_samples_penalty_and_skips_dropped_samples(column):
+    """The batched penalty (one evaluation with (B, M) bounds) equals each sample's relation
+    evaluated alone, values and gradients; dropped samples have no active term."""
     torch.manual_seed(0)
-    centroid = torch.randn(3, 3, 3, dtype=torch.float64) * 5
-    spread = torch.rand(3, 3, 3, dtype=torch.float64) + 1
+    centroid = (torch.randn(3, 3, 3, dtype=torch.float64) * 5).requires_grad_()
+    spread = (torch.rand(3, 3, 3, dtype=torch.float64) + 1).requires_grad_()
+    volume = (torch.rand(3, 3, dtype=torch.float64) * 100 + 10).requires_grad_()
     present = torch.ones(3, 3, dtype=torch.bool)
-    ctx = PriorContext({"centroid": centroid, "spread": spread}, present, torch.ones(1, 3, dtype=torch.float64),
-                       torch.full((1, 3), 30.0, dtype=torch.float64), 5.0, "half_width")
-    first = CentroidOffset(1, 2, (-1.0, 0.0, 2.0), (1.0, 3.0, 5.0))
-    second = CentroidOffset(1, 2, (-9.0, -9.0, -9.0), (-8.0, -8.0, -8.0))
-    (combined,) = batch_relations([(first,), (None,), (second,)])
-    pen = combined.penalty(ctx)
-    for b, relation in ((0, first), (2, second)):
-        sub = PriorContext({k: v[b:b + 1] for k, v in ctx.values.items()}, present[b:b + 1], ctx.spacing,
-                           ctx.extent, 5.0, "half_width")
+    spacing, extent = torch.ones(1, 3, dtype=torch.float64), torch.full((1, 3), 30.0, dtype=torch.float64)
+    values = {"centroid": centroid, "spread": spread, "volume": volume}
+    (combined,) = batch_relations([(relation,) for relation in column])
+    pen = combined.penalty(PriorContext(values, present, spacing, extent, 5.0, "half_width"))
+    batched_grads = torch.autograd.grad(pen.psi.sum(), list(values.values()), allow_unused=True)
+    alone_psi = torch.zeros_like(pen.psi)
+    for b, relation in enumerate(column):
+        if relation is None:
+            continue
+        sub = PriorContext({k: v[b:b + 1] for k, v in values.items()}, present[b:b + 1], spacing, extent, 5.0,
+                           "half_width")
         alone = relation.penalty(sub)
         torch.testing.assert_close(pen.psi[b:b + 1], alone.psi)
         assert torch.equal(pen.active[b:b + 1], alone.active)
         assert torch.equal(pen.satisfied[b:b + 1], alone.satisfied)
-    assert not pen.active[1].any() and pen.satisfied[1].all() and not pen.involved[1].any()
+        assert torch.equal(pen.involved[b:b + 1], alone.involved)
+        alone_psi[b:b + 1] = alone.psi
+    alone_grads = torch.autograd.grad(alone_psi.sum(), list(values.values()), allow_unused=True)
+    for value, batched, expected in zip(values.values(), batched_grads, alone_grads):
+        zero = torch.zeros_like(value)
+        torch.testing.assert_close(zero if batched is None else batched, zero if expected is None else expected)
+    if column[1] is None:
+        assert not pen.active[1].any() and pen.satisfied[1].all() and not pen.involved[1].any()
+        assert (pen.psi[1] == 0).all()
+
+
+def test_per_sample_relation_dropped_everywhere_and_mismatched_samples():
+    present = torch.ones(2, 3, dtype=torch.bool)
+    ctx = PriorContext({"centroid": torch.zeros(2, 3, 3)}, present, torch.ones(1, 3), torch.ones(1, 3), 5.0,
+                       "half_width")
+    (dropped,) = batch_relations([(None,), (None,)])
+    pen = dropped.penalty(ctx)
+    assert pen.psi.shape == (2, 0) and pen.satisfied.all() and not pen.involved.any()
+    with pytest.raises(ValueError, match="same thing"):
+        batch_relations([(CentroidOffset(1, 2, (0.0,) * 3, (1.0,) * 3),),
+                         (CentroidOffset(2, 1, (0.0,) * 3, (1.0,) * 3),)])
+    with pytest.raises(ValueError, match="batch of 3"):
+        dropped.penalty(PriorContext({"centroid": torch.zeros(3, 3, 3)}, torch.ones(3, 3, dtype=torch.bool),
+                                     torch.ones(1, 3), torch.ones(1, 3), 5.0, "half_width"))
 
 
 def test_population_prior_trainer_end_to_end(oriented, tmp_path):

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_RELATIVE_MARGIN",
     "DEFAULT_ABSOLUTE_MARGIN",
     "RESOLUTION_FLOOR",
+    "interval_half_width",
 ]
 
 NON_NEGATIVE_DESCRIPTORS = frozenset({"volume", "surface", "spread"})
@@ -33,6 +34,29 @@ DEFAULT_ABSOLUTE_MARGIN: dict[str, float] = {"centroid": 2.0}
 # the resolution limit, and a steeper scale lets a tight spread dominate the centroid (the
 # optimisation test converges ~2x slower with 0.05)
 RESOLUTION_FLOOR = 0.5
+
+
+def interval_half_width(
+    lower: Tensor,
+    upper: Tensor,
+    floor: Tensor | float,
+    lower_ok: Tensor | None = None,
+    upper_ok: Tensor | None = None,
+) -> Tensor:
+    """The barrier scale of ``lower <= f <= upper``, the one rule of every bounded quantity
+    (descriptors, relations, intensity statistics): half the interval when both sides are
+    bounded (so the interval is ``z in [-2, 0]`` and its midpoint has ``psi = 0``), 10 % of the
+    bound when one-sided, at least ``floor`` (so equality constraints stay finite).
+
+    A side is bounded where it is finite (or where ``lower_ok`` / ``upper_ok`` says so, for
+    callers that skip finite bounds too); ``floor`` broadcasts against the bounds.
+    """
+    lo_ok = torch.isfinite(lower) if lower_ok is None else lower_ok
+    up_ok = torch.isfinite(upper) if upper_ok is None else upper_ok
+    lo = torch.where(lo_ok, lower, torch.zeros_like(lower))
+    up = torch.where(up_ok, upper, torch.zeros_like(upper))
+    half = torch.where(lo_ok & up_ok, (up - lo).abs() / 2, DEFAULT_RELATIVE_MARGIN * (lo + up).abs())
+    return torch.maximum(half, torch.as_tensor(floor, dtype=half.dtype, device=half.device))
 
 
 def descriptor_shape(name: str, batch: int, classes: int, ndim: int) -> tuple[int, ...]:

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from nnunet_shape.core.barrier import extended_log_barrier
-from nnunet_shape.core.bounds import DEFAULT_RELATIVE_MARGIN
+from nnunet_shape.core.bounds import DEFAULT_RELATIVE_MARGIN, interval_half_width
 from nnunet_shape.core.descriptors import safe_sqrt
 from nnunet_shape.core.priors import PriorContext, PriorPenalty
 
@@ -212,14 +212,6 @@ def zscore_intensity_targets(
     return out
 
 
-def _half_width(lower: Tensor, upper: Tensor, lo_ok: Tensor, up_ok: Tensor) -> Tensor:
-    """The loss's scale rule: half the interval, 10 % of a one-sided bound, floored."""
-    lo = torch.where(lo_ok, lower, torch.zeros_like(lower))
-    up = torch.where(up_ok, upper, torch.zeros_like(upper))
-    half = torch.where(lo_ok & up_ok, (up - lo).abs() / 2, DEFAULT_RELATIVE_MARGIN * (lo + up).abs())
-    return half.clamp_min(INTENSITY_SCALE_FLOOR)
-
-
 @dataclass(frozen=True, eq=False)
 class IntensityBoundsTerm:
     """Per-case bounds on one class statistic, as a barrier term of
@@ -279,7 +271,7 @@ class IntensityBoundsTerm:
         up_ok = torch.isfinite(upper) & used
         if self.statistic == "std":
             lo_ok = lo_ok & (lower > 0)
-        scale = _half_width(lower, upper, lo_ok, up_ok)
+        scale = interval_half_width(lower, upper, INTENSITY_SCALE_FLOOR, lo_ok, up_ok)
         lower_f = torch.where(lo_ok, lower, torch.zeros_like(lower))
         upper_f = torch.where(up_ok, upper, torch.zeros_like(upper))
         psi = extended_log_barrier(torch.cat([((lower_f - f) / scale).reshape(batch, -1),

@@ -59,6 +59,7 @@ from nnunet_shape.core.bounds import (
     DescriptorBounds,
     bounds_from_targets,
     descriptor_shape,
+    interval_half_width,
 )
 from nnunet_shape.core.descriptors import (
     DESCRIPTOR_NAMES,
@@ -181,19 +182,12 @@ def _half_width_scale(
     extent: Tensor,
     ndim: int,
 ) -> Tensor:
-    """``scale_mode="half_width"``: the half-width of the feasible interval.
-
-    Two-sided bounds: ``(upper - lower) / 2`` (so the interval is ``z in [-2, 0]`` for both
-    constraints and its midpoint has ``psi = 0``). One-sided bounds: 10 % of the finite
-    bound. Absent classes' volume (``<= 0``): ``1e-3 x image volume``. Floored at half a
-    voxel (:func:`_resolution_floor`) so equality constraints stay finite.
+    """``scale_mode="half_width"``: the half-width of the feasible interval
+    (:func:`~nnunet_shape.core.bounds.interval_half_width`: ``(upper - lower) / 2``, 10 % of a
+    one-sided bound), floored at half a voxel (:func:`_resolution_floor`). Absent classes'
+    volume (``<= 0``): ``1e-3 x image volume``.
     """
-    lo_ok, up_ok = torch.isfinite(lower), torch.isfinite(upper)
-    lo = torch.where(lo_ok, lower, torch.zeros_like(lower))
-    up = torch.where(up_ok, upper, torch.zeros_like(upper))
-    one_sided = DEFAULT_RELATIVE_MARGIN * (lo + up).abs()
-    half = torch.where(lo_ok & up_ok, (up - lo).abs() / 2, one_sided)
-    half = torch.maximum(half, _resolution_floor(name, spacing, ndim))
+    half = interval_half_width(lower, upper, _resolution_floor(name, spacing, ndim))
     if name == "volume":
         image_volume = extent.prod(dim=-1, keepdim=True)  # (B|1, 1)
         absent_scale = (ABSENT_VOLUME_FRACTION * image_volume).expand_as(half)

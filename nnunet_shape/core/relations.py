@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from nnunet_shape.core.barrier import extended_log_barrier
-from nnunet_shape.core.bounds import DEFAULT_RELATIVE_MARGIN, RESOLUTION_FLOOR
+from nnunet_shape.core.bounds import DEFAULT_RELATIVE_MARGIN, RESOLUTION_FLOOR, interval_half_width
 from nnunet_shape.core.descriptors import DESCRIPTOR_NAMES, class_ratio
 from nnunet_shape.core.intensity import INTENSITY_SCALE_FLOOR, INTENSITY_VALUE_KEYS
 from nnunet_shape.core.priors import PriorContext, PriorPenalty, prior_status
@@ -82,46 +82,53 @@ def _check_intervals(low: tuple[float, ...], high: tuple[float, ...], where: str
 
 
 def _interval_barrier(
-    value: Tensor, low: tuple[float, ...], high: tuple[float, ...], scale: Tensor, t: float | Tensor, both: Tensor
+    value: Tensor, low: Tensor, high: Tensor, scale: Tensor, t: float | Tensor, both: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Barrier terms of ``low <= value <= high`` per component.
 
     Args:
         value: (B, M).
-        low, high: M floats each (non-finite = no constraint on that side).
+        low, high: (B|1, M) (non-finite = no constraint on that side).
         scale: broadcastable to (B, M), positive.
         both: (B,) bool -- the classes involved are present.
     Returns:
         ``psi`` (B, 2M), ``active`` (B, 2M) and ``ok`` (B,): every active constraint holds.
     """
-    lo = value.new_tensor(low)
-    hi = value.new_tensor(high)
-    lo_ok = torch.isfinite(lo)
-    hi_ok = torch.isfinite(hi)
-    lo_f = torch.where(lo_ok, lo, torch.zeros_like(lo))
-    hi_f = torch.where(hi_ok, hi, torch.zeros_like(hi))
+    low, high = torch.broadcast_to(low, value.shape), torch.broadcast_to(high, value.shape)
+    lo_ok = torch.isfinite(low)
+    hi_ok = torch.isfinite(high)
+    lo_f = torch.where(lo_ok, low, torch.zeros_like(low))
+    hi_f = torch.where(hi_ok, high, torch.zeros_like(high))
     scale = torch.broadcast_to(scale, value.shape)
     z = torch.cat([(lo_f - value) / scale, (value - hi_f) / scale], dim=1)  # (B, 2M)
-    used = torch.cat([lo_ok, hi_ok]).unsqueeze(0) & both.unsqueeze(1)  # (B, 2M)
+    used = torch.cat([lo_ok, hi_ok], dim=1) & both.unsqueeze(1)  # (B, 2M)
     psi = extended_log_barrier(z, t)
     inside = (~lo_ok | (value >= lo_f)) & (~hi_ok | (value <= hi_f))  # (B, M)
     ok = inside.all(dim=1) | ~both
     return psi, used, ok
 
 
-def _half_width(low: tuple[float, ...], high: tuple[float, ...], floor: Tensor | float, like: Tensor) -> Tensor:
-    """(1|B, M) half-width of each interval (10 % of the finite bound if one-sided), floored."""
-    halves = []
-    for lo, hi in zip(low, high):
-        finite = [v for v in (lo, hi) if math.isfinite(v)]
-        if len(finite) == 2:
-            halves.append((hi - lo) / 2)
-        elif finite:
-            halves.append(DEFAULT_RELATIVE_MARGIN * abs(finite[0]))
-        else:
-            halves.append(1.0)  # unused: no constraint
-    half = like.new_tensor(halves).unsqueeze(0)
-    return torch.maximum(half, torch.as_tensor(floor, dtype=like.dtype, device=like.device))
+def _bound_tensors(relation: CentroidOffset | DescriptorRatio, like: Tensor,
+                   bounds: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    """The relation's own bounds as (1, M) tensors, or ``bounds`` ((B, M) each: other bounds
+    per sample, e.g. after each sample's augmentation), checked against its component count."""
+    if bounds is None:
+        return like.new_tensor(relation.low).unsqueeze(0), like.new_tensor(relation.high).unsqueeze(0)
+    low, high = (b.to(dtype=like.dtype, device=like.device) for b in bounds)
+    if low.shape != high.shape or low.ndim != 2 or low.shape[1] != len(relation.low):
+        raise ValueError(f"{relation.name}: per-sample bounds must be (B, {len(relation.low)}) each, "
+                         f"got {tuple(low.shape)} and {tuple(high.shape)}")
+    return low, high
+
+
+def _natural_ratio_scale(low: Tensor, high: Tensor) -> Tensor:
+    """``scale_mode="natural"`` of a ratio: the interval's midpoint (the finite bound when
+    one-sided; 1 when unbounded), at least 1e-6."""
+    lo_ok, hi_ok = torch.isfinite(low), torch.isfinite(high)
+    lo = torch.where(lo_ok, low, torch.zeros_like(low))
+    hi = torch.where(hi_ok, high, torch.zeros_like(high))
+    mid = torch.where(lo_ok & hi_ok, (lo + hi) / 2, lo + hi).abs()
+    return torch.where(lo_ok | hi_ok, mid.clamp_min(1e-6), torch.ones_like(mid))
 
 
 def _both_present(ctx: PriorContext, a: int, b: int) -> Tensor:
@@ -156,19 +163,22 @@ class CentroidOffset:
     def required_descriptors(self) -> tuple[str, ...]:
         return ("centroid",)
 
-    def penalty(self, ctx: PriorContext) -> PriorPenalty:
+    def penalty(self, ctx: PriorContext, bounds: tuple[Tensor, Tensor] | None = None) -> PriorPenalty:
+        """The barrier terms; ``bounds`` ((B, D) low and high) replaces ``low``/``high`` with
+        one box per sample (a batch whose samples were augmented differently)."""
         c = ctx.values["centroid"]
         if c.shape[-1] != len(self.low):
             raise ValueError(
                 f"{self.name}: {len(self.low)} bounds per offset, but the centroids have {c.shape[-1]} axes"
             )
         offset = c[:, self.class_to] - c[:, self.class_from]  # (B, D)
+        low, high = _bound_tensors(self, offset, bounds)
         if ctx.scale_mode == "natural":
             scale = ctx.extent.to(offset.dtype)
         else:
-            scale = _half_width(self.low, self.high, RESOLUTION_FLOOR * ctx.spacing.to(offset.dtype), offset)
+            scale = interval_half_width(low, high, RESOLUTION_FLOOR * ctx.spacing.to(offset.dtype))
         both = _both_present(ctx, self.class_from, self.class_to)
-        psi, active, ok = _interval_barrier(offset, self.low, self.high, scale, ctx.t, both)
+        psi, active, ok = _interval_barrier(offset, low, high, scale, ctx.t, both)
         return prior_status(psi, active, ok, (self.class_from, self.class_to), ctx)
 
 
@@ -207,22 +217,21 @@ class DescriptorRatio:
     def required_descriptors(self) -> tuple[str, ...]:
         return (self.descriptor,)
 
-    def penalty(self, ctx: PriorContext) -> PriorPenalty:
+    def penalty(self, ctx: PriorContext, bounds: tuple[Tensor, Tensor] | None = None) -> PriorPenalty:
+        """The barrier terms; ``bounds`` ((B, M) low and high) replaces ``low``/``high`` with
+        one interval per sample (a batch whose samples were augmented differently)."""
         values = ctx.values[self.descriptor]
         ratio = class_ratio(values, self.numerator, self.denominator)
         ratio = ratio.reshape(ratio.shape[0], -1)  # (B, M)
         if ratio.shape[1] != len(self.low):
             raise ValueError(f"{self.name}: {len(self.low)} bounds, but the ratio has {ratio.shape[1]} components")
+        low, high = _bound_tensors(self, ratio, bounds)
         if ctx.scale_mode == "natural":
-            mids = []
-            for lo, hi in zip(self.low, self.high):
-                finite = [v for v in (lo, hi) if math.isfinite(v)]
-                mids.append(max(abs(sum(finite) / len(finite)), 1e-6) if finite else 1.0)
-            scale = ratio.new_tensor(mids).unsqueeze(0)
+            scale = _natural_ratio_scale(low, high)
         else:
-            scale = _half_width(self.low, self.high, RATIO_SCALE_FLOOR, ratio)
+            scale = interval_half_width(low, high, RATIO_SCALE_FLOOR)
         both = _both_present(ctx, self.numerator, self.denominator)
-        psi, active, ok = _interval_barrier(ratio, self.low, self.high, scale, ctx.t, both)
+        psi, active, ok = _interval_barrier(ratio, low, high, scale, ctx.t, both)
         return prior_status(psi, active, ok, (self.numerator, self.denominator), ctx)
 
 
@@ -302,8 +311,8 @@ class IntensityOrder:
         if self.channel >= mean.shape[2]:
             raise ValueError(f"{self.name}: channel {self.channel}, but the image has {mean.shape[2]} channel(s)")
         difference = (mean[:, self.brighter, self.channel] - mean[:, self.darker, self.channel]).unsqueeze(1)
-        low, high = (float(self.min_difference),), (math.inf,)
-        scale = _half_width(low, high, INTENSITY_SCALE_FLOOR, difference)
+        low, high = difference.new_tensor([[self.min_difference]]), difference.new_tensor([[math.inf]])
+        scale = interval_half_width(low, high, INTENSITY_SCALE_FLOOR)
         both = _both_present(ctx, self.brighter, self.darker)
         psi, active, ok = _interval_barrier(difference, low, high, scale, ctx.t, both)
         return prior_status(psi, active, ok, (self.brighter, self.darker), ctx)

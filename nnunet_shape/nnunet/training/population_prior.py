@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -134,48 +134,57 @@ def relations_after_affine(relations: Sequence[Relation], matrix: np.ndarray) ->
     return tuple(out)
 
 
-def _row(x: torch.Tensor, b: int) -> torch.Tensor:
-    return x if x.shape[0] == 1 else x[b:b + 1]
+def _identity(relation: Relation) -> tuple:
+    """What a relation states apart from its bounds: its type and every other field."""
+    return (type(relation), *(getattr(relation, f.name) for f in fields(relation) if f.name not in ("low", "high")))
 
 
 @dataclass(frozen=True)
 class PerSampleRelation:
     """One relation of the prior with its own bounds per sample of the batch (the loss's
-    ``priors`` protocol). ``per_sample[b]`` is None where the relation was dropped for sample b."""
+    ``priors`` protocol). ``per_sample[b]`` is None where the relation was dropped for sample b.
+
+    The samples' relations are one statement (same type, classes, descriptor) whose bounds
+    differ only by each sample's augmentation, so the penalty is evaluated once for the whole
+    batch with (B, M) bounds -- one set of small tensor operations per relation and step,
+    not one per sample (benchmarks/prior_relations.py)."""
 
     name: str
     per_sample: tuple[Relation | None, ...]
 
+    def __post_init__(self) -> None:
+        kept = [r for r in self.per_sample if r is not None]
+        for relation in kept[1:]:
+            if _identity(relation) != _identity(kept[0]):
+                raise ValueError(f"{self.name}: the samples' relations must state the same thing with other "
+                                 f"bounds; got {kept[0]!r} and {relation!r}")
+
     @property
     def required_descriptors(self) -> tuple[str, ...]:
-        names: list[str] = []
-        for relation in self.per_sample:
-            if relation is not None:
-                names += [n for n in relation.required_descriptors if n not in names]
-        return tuple(names)
+        template = next((r for r in self.per_sample if r is not None), None)
+        return () if template is None else template.required_descriptors
 
     def penalty(self, ctx: PriorContext) -> PriorPenalty:
+        batch, num_classes = ctx.present.shape
+        if len(self.per_sample) != batch:
+            raise ValueError(f"{self.name}: relations for {len(self.per_sample)} samples, batch of {batch}")
         template = next((r for r in self.per_sample if r is not None), None)
-        if len(self.per_sample) != ctx.present.shape[0]:
-            raise ValueError(f"{self.name}: relations for {len(self.per_sample)} samples, batch of "
-                             f"{ctx.present.shape[0]}")
-        parts = []
-        for b, relation in enumerate(self.per_sample):
-            sub = PriorContext({k: v[b:b + 1] for k, v in ctx.values.items()}, ctx.present[b:b + 1],
-                               _row(ctx.spacing, b), _row(ctx.extent, b), ctx.t, ctx.scale_mode)
-            if template is None:
-                z = ctx.present.new_zeros(1, 0, dtype=ctx.values[next(iter(ctx.values))].dtype)
-                k = ctx.present.shape[1]
-                parts.append(PriorPenalty(z, z.bool(), torch.ones(1, k, dtype=torch.bool, device=z.device),
-                                          torch.zeros(1, k, dtype=torch.bool, device=z.device)))
-                continue
-            pen = (relation or template).penalty(sub)
-            if relation is None:  # same shapes, nothing active
-                pen = PriorPenalty(torch.zeros_like(pen.psi), torch.zeros_like(pen.active),
-                                   torch.ones_like(pen.satisfied), torch.zeros_like(pen.involved))
-            parts.append(pen)
-        return PriorPenalty(*(torch.cat([getattr(p, f) for p in parts], 0)
-                              for f in ("psi", "active", "satisfied", "involved")))
+        if template is None:  # dropped in every sample: no terms
+            dtype = ctx.values[next(iter(ctx.values))].dtype
+            psi = torch.zeros(batch, 0, dtype=dtype, device=ctx.present.device)
+            return PriorPenalty(psi, psi.bool(), torch.ones_like(ctx.present), torch.zeros_like(ctx.present))
+        if isinstance(template, (CentroidOffset, DescriptorRatio)):
+            like = ctx.values[template.required_descriptors[0]]
+            low = like.new_tensor([(r or template).low for r in self.per_sample])  # (B, M)
+            high = like.new_tensor([(r or template).high for r in self.per_sample])
+            pen = template.penalty(ctx, bounds=(low, high))
+        else:  # no bounds that an augmentation moves: the same statement in every sample
+            pen = template.penalty(ctx)
+        if all(r is not None for r in self.per_sample):
+            return pen
+        kept = torch.tensor([r is not None for r in self.per_sample], device=pen.psi.device).unsqueeze(1)
+        return PriorPenalty(torch.where(kept, pen.psi, torch.zeros_like(pen.psi)), pen.active & kept,
+                            pen.satisfied | ~kept, pen.involved & kept)
 
 
 def batch_relations(per_sample: Sequence[Sequence[Relation | None]]) -> tuple[PerSampleRelation, ...]:
