@@ -1,18 +1,21 @@
-"""Relations of a population prior in the loss: one evaluation per batch versus one per sample.
+"""Relations of a population prior in the loss: evaluated kind by kind for the whole batch
+versus relation by relation and sample by sample.
 
 Question: what do the relations of a population prior (issue 16: a centroid offset, a volume
 ratio and a spread ratio for every pair of the knee phantoms' 4 classes, 18 relations) add to
-the descriptor loss of a training step, and how much does evaluating each relation once for the
-whole batch (``PerSampleRelation.penalty`` with (B, M) bounds) save against evaluating it sample
-by sample (what ``PerSampleRelation`` did until 2026-12-07)? Target: the batched relations add
-<= 0.6x what the per-sample ones add (batch 2: the loop runs each relation twice).
+the descriptor loss of a training step, and how much does evaluating them together save --
+each kind of relation in one set of tensor operations over (B, R, M) bounds
+(``BatchRelations``, what the trainer uses) -- against evaluating each relation for each sample
+on its own (what ``PerSampleRelation`` did until 2026-12-07)? Target: the batched relations add
+<= 0.6x what the per-sample ones add.
 
 Timed: forward + backward of ``shape_descriptor_loss`` (V+C+D) on softmax probabilities
 (B, 5, 24, 32, 32) -- the suites' grid -- requiring grad, the way the trainer calls it (once on
 the soft prediction; the hard prediction's metrics call it again without backward). Variants,
-timed interleaved (``benchmarks/common.py``): no relations (the baseline), the relations one
-sample at a time, the relations batched. Each sample's relations have other bounds (as after
-each sample's own augmentation); both relation variants give the same loss (checked).
+timed interleaved (``benchmarks/common.py``): no relations (the baseline); the relations one
+sample at a time; each relation once for the batch (``PerSampleRelation``); all relations kind
+by kind (``BatchRelations``). Each sample's relations have other bounds (as after each sample's
+own augmentation); every relation variant gives the same loss (checked).
 
     .venv/bin/python benchmarks/prior_relations.py                # CPU, about 20 s
     .venv/bin/python benchmarks/prior_relations.py --batch-size 4
@@ -39,14 +42,18 @@ from nnunet_shape.core.descriptors import compute_descriptors  # noqa: E402
 from nnunet_shape.core.losses import shape_descriptor_loss  # noqa: E402
 from nnunet_shape.core.priors import PriorContext, PriorPenalty  # noqa: E402
 from nnunet_shape.core.relations import CentroidOffset, DescriptorRatio, Relation  # noqa: E402
-from nnunet_shape.nnunet.training.population_prior import PerSampleRelation, batch_relations  # noqa: E402
+from nnunet_shape.nnunet.training.population_prior import (  # noqa: E402
+    BatchRelations,
+    PerSampleRelation,
+    batch_relations,
+)
 
 TARGET_RATIO = 0.6
 DEFAULT_SHAPE: tuple[int, int, int] = (24, 32, 32)
 SPACING: tuple[float, float, float] = (2.33, 1.24, 1.24)
 NUM_CLASSES = 5
 DESCRIPTORS = ("volume", "centroid", "spread")
-VARIANTS = ("no relations", "relations one sample at a time", "relations batched")
+VARIANTS = ("no relations", "relations one sample at a time", "each relation for the batch", "relations batched")
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,7 @@ class OneSampleAtATime:
                               for f in ("psi", "active", "satisfied", "involved")))
 
 
-def knee_like_relations(batch_size: int, generator: torch.Generator) -> tuple[PerSampleRelation, ...]:
+def knee_like_relations(batch_size: int, generator: torch.Generator) -> BatchRelations:
     """Per sample: for every pair of the 4 foreground classes a centroid offset box, a volume
     ratio and a spread ratio, with bounds jittered per sample (each sample's own augmentation)."""
     per_sample: list[list[Relation]] = []
@@ -105,7 +112,8 @@ def run(shape: Sequence[int] = DEFAULT_SHAPE, repeats: int = 15, warmup: int = 3
     targets = compute_descriptors(onehot, spacing, DESCRIPTORS)
     bounds = bounds_from_targets({name: targets[name] for name in DESCRIPTORS})
     batched = knee_like_relations(batch_size, generator)
-    priors = {VARIANTS[0]: (), VARIANTS[1]: tuple(OneSampleAtATime(r) for r in batched), VARIANTS[2]: batched}
+    priors = {VARIANTS[0]: (), VARIANTS[1]: tuple(OneSampleAtATime(r) for r in batched.relations),
+              VARIANTS[2]: batched.relations, VARIANTS[3]: (batched,)}
     losses: dict[str, float] = {}
 
     def step(variant: str):
@@ -123,11 +131,12 @@ def run(shape: Sequence[int] = DEFAULT_SHAPE, repeats: int = 15, warmup: int = 3
     rows = []
     for variant in VARIANTS:
         seconds = timings[variant].median
-        row: dict[str, Any] = {"variant": variant, "batch_size": batch_size, "shape": shape, "relations": len(batched),
+        row: dict[str, Any] = {"variant": variant, "batch_size": batch_size, "shape": shape,
+                               "relations": len(batched.relations),
                                "seconds": seconds, "added": seconds - base, "loss": losses[variant]}
         if variant != VARIANTS[0]:
             row["ratio"] = (seconds - base) / per_sample_added if per_sample_added > 0 else float("nan")
-        if variant == VARIANTS[2]:
+        if variant == VARIANTS[-1]:
             row.update(target=TARGET_RATIO, met=row["ratio"] <= TARGET_RATIO)
         rows.append(row)
     return rows

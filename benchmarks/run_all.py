@@ -178,7 +178,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
         "prior_relations", "8. Population-prior relations in the loss",
         "Forward + backward of the V+C+D loss with the 18 relations of a knee population prior (batch 2, "
-        "24x32x32): each relation evaluated once for the batch (PerSampleRelation) versus once per sample.",
+        "24x32x32): relations of one kind evaluated together for the batch (BatchRelations) versus each "
+        "relation once per sample.",
         "batched relations add <= 0.6x what the per-sample ones add", _prior_relations_verdict),
 )
 

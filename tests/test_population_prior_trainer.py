@@ -125,7 +125,8 @@ def test_loss_gets_the_prior_mapped_by_hand(oriented, monkeypatch, tmp_path):
     np.testing.assert_allclose(hi["centroid"][0, 1].numpy(), expected_hi, rtol=1e-6)
     assert torch.isnan(lo["centroid"][0, 2]).all() and torch.isnan(hi["spread"][0, 2]).all()
     # relations: offset posterior [1, 4] -> axis 0 runs to -posterior: [-4, -1]; superior -> axis 2
-    relations = {r.name: r for r in trainer.loss.priors}
+    (group,) = trainer.loss.priors
+    relations = {r.name: r for r in group.relations}
     assert all(isinstance(r, PerSampleRelation) and len(r.per_sample) == 1 for r in relations.values())
     offset = relations["relation_centroid_offset_1_2"].per_sample[0]
     np.testing.assert_allclose(offset.low, [-4.0, nan, -3.0])
@@ -178,18 +179,25 @@ def test_relations_after_affine(matrix, offset_low, offset_high, spread_low, spr
     assert (nest == NESTED) if nested else nest is None
 
 
-@pytest.mark.parametrize("column", [
+COLUMNS = (  # relation r of samples 0, 1, 2 (None: dropped for that sample)
     (CentroidOffset(1, 2, (-1.0, 0.0, 2.0), (1.0, 3.0, 5.0)), None,
      CentroidOffset(1, 2, (-9.0, -9.0, -9.0), (-8.0, -8.0, -8.0))),
+    (CentroidOffset(2, 1, (-3.0, math.nan, 0.0), (3.0, math.nan, math.inf)),
+     CentroidOffset(2, 1, (-1.0, math.nan, -2.0), (1.0, math.nan, 9.0)),
+     CentroidOffset(2, 1, (-5.0, math.nan, 1.0), (5.0, math.nan, 2.0))),
     (DescriptorRatio("spread", 2, 1, (0.5, 1.0, math.nan), (2.0, 3.0, math.nan)), None,
      DescriptorRatio("spread", 2, 1, (1.0, math.nan, 0.5), (3.0, math.nan, 2.0))),
     (DescriptorRatio("volume", 2, 1, (0.5,), (2.0,)), DescriptorRatio("volume", 2, 1, (0.5,), (2.0,)),
      DescriptorRatio("volume", 2, 1, (0.5,), (2.0,))),
     (NestedCentroid(2, 1, 0.5), None, NestedCentroid(2, 1, 0.5)),
-], ids=["offset", "spread-ratio", "volume-ratio", "nested"])
-def test_per_sample_relation_is_each_samples_penalty_and_skips_dropped_samples(column):
-    """The batched penalty (one evaluation with (B, M) bounds) equals each sample's relation
-    evaluated alone, values and gradients; dropped samples have no active term."""
+)
+
+
+@pytest.mark.parametrize("columns", [COLUMNS, *((column,) for column in COLUMNS)],
+                         ids=["all-kinds-together", "offset", "offset-2", "spread-ratio", "volume-ratio", "nested"])
+def test_batch_relations_are_each_samples_relations_alone_and_skip_dropped_samples(columns):
+    """The batched penalties (relations of one kind in one evaluation, (B, R, M) bounds) equal
+    each sample's relation evaluated alone, values and gradients; dropped samples have no term."""
     torch.manual_seed(0)
     centroid = (torch.randn(3, 3, 3, dtype=torch.float64) * 5).requires_grad_()
     spread = (torch.rand(3, 3, 3, dtype=torch.float64) + 1).requires_grad_()
@@ -197,35 +205,42 @@ def test_per_sample_relation_is_each_samples_penalty_and_skips_dropped_samples(c
     present = torch.ones(3, 3, dtype=torch.bool)
     spacing, extent = torch.ones(1, 3, dtype=torch.float64), torch.full((1, 3), 30.0, dtype=torch.float64)
     values = {"centroid": centroid, "spread": spread, "volume": volume}
-    (combined,) = batch_relations([(relation,) for relation in column])
-    pen = combined.penalty(PriorContext(values, present, spacing, extent, 5.0, "half_width"))
-    batched_grads = torch.autograd.grad(pen.psi.sum(), list(values.values()), allow_unused=True)
-    alone_psi = torch.zeros_like(pen.psi)
-    for b, relation in enumerate(column):
-        if relation is None:
-            continue
-        sub = PriorContext({k: v[b:b + 1] for k, v in values.items()}, present[b:b + 1], spacing, extent, 5.0,
-                           "half_width")
-        alone = relation.penalty(sub)
-        torch.testing.assert_close(pen.psi[b:b + 1], alone.psi)
-        assert torch.equal(pen.active[b:b + 1], alone.active)
-        assert torch.equal(pen.satisfied[b:b + 1], alone.satisfied)
-        assert torch.equal(pen.involved[b:b + 1], alone.involved)
-        alone_psi[b:b + 1] = alone.psi
-    alone_grads = torch.autograd.grad(alone_psi.sum(), list(values.values()), allow_unused=True)
+    group = batch_relations([tuple(column[b] for column in columns) for b in range(3)])
+    penalties = group.penalties(PriorContext(values, present, spacing, extent, 5.0, "half_width"))
+    assert list(penalties) == list(group.names) and len(group.names) == len(columns)
+    batched_total = sum(pen.psi.sum() for pen in penalties.values())
+    batched_grads = torch.autograd.grad(batched_total, list(values.values()), allow_unused=True)
+    alone_total = torch.zeros((), dtype=torch.float64)
+    for name, column in zip(group.names, columns):
+        pen = penalties[name]
+        for b, relation in enumerate(column):
+            if relation is None:
+                assert not pen.active[b].any() and pen.satisfied[b].all() and not pen.involved[b].any()
+                assert (pen.psi[b] == 0).all()
+                continue
+            sub = PriorContext({k: v[b:b + 1] for k, v in values.items()}, present[b:b + 1], spacing, extent, 5.0,
+                               "half_width")
+            alone = relation.penalty(sub)
+            torch.testing.assert_close(pen.psi[b:b + 1], alone.psi)
+            assert torch.equal(pen.active[b:b + 1], alone.active)
+            assert torch.equal(pen.satisfied[b:b + 1], alone.satisfied)
+            assert torch.equal(pen.involved[b:b + 1], alone.involved)
+            alone_total = alone_total + alone.psi.sum()
+    alone_grads = torch.autograd.grad(alone_total, list(values.values()), allow_unused=True)
     for value, batched, expected in zip(values.values(), batched_grads, alone_grads):
         zero = torch.zeros_like(value)
         torch.testing.assert_close(zero if batched is None else batched, zero if expected is None else expected)
-    if column[1] is None:
-        assert not pen.active[1].any() and pen.satisfied[1].all() and not pen.involved[1].any()
-        assert (pen.psi[1] == 0).all()
+    # a member alone (PerSampleRelation.penalty) is the same as in the group
+    first = group.relations[0]
+    torch.testing.assert_close(first.penalty(PriorContext(values, present, spacing, extent, 5.0, "half_width")).psi,
+                               penalties[first.name].psi)
 
 
 def test_per_sample_relation_dropped_everywhere_and_mismatched_samples():
     present = torch.ones(2, 3, dtype=torch.bool)
     ctx = PriorContext({"centroid": torch.zeros(2, 3, 3)}, present, torch.ones(1, 3), torch.ones(1, 3), 5.0,
                        "half_width")
-    (dropped,) = batch_relations([(None,), (None,)])
+    (dropped,) = batch_relations([(None,), (None,)]).relations
     pen = dropped.penalty(ctx)
     assert pen.psi.shape == (2, 0) and pen.satisfied.all() and not pen.involved.any()
     with pytest.raises(ValueError, match="same thing"):

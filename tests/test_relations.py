@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from nnunet_shape.core.barrier import extended_log_barrier
 from nnunet_shape.core.bounds import DescriptorBounds
 from nnunet_shape.core.losses import shape_descriptor_loss
 from nnunet_shape.core.priors import PriorContext
-from nnunet_shape.core.relations import CentroidOffset, DescriptorRatio, NestedCentroid
+from nnunet_shape.core.relations import CentroidOffset, DescriptorRatio, NestedCentroid, relation_penalties
 
 T = 5.0
 
@@ -128,3 +129,52 @@ def test_relations_plug_into_the_loss_terms():
     assert result.satisfied[relations[0].name].all()
     assert not result.satisfied[relations[1].name][:, 1:].any()
     assert result.active[relations[1].name][:, 1:].all()
+
+
+def test_relations_of_one_kind_together_equal_each_alone():
+    """relation_penalties evaluates R relations of one kind in one pass: each result is that
+    relation's own penalty; kinds do not mix; only offsets and ratios take per-sample bounds."""
+    torch.manual_seed(1)
+    values = {"centroid": torch.randn(2, 4, 2, dtype=torch.float64) * 5,
+              "spread": torch.rand(2, 4, 2, dtype=torch.float64) + 1,
+              "volume": torch.rand(2, 4, dtype=torch.float64) * 50 + 5}
+    present = torch.tensor([[True, True, True, True], [True, True, False, True]])
+    ctx = _ctx(values, present)
+    for relations in (
+        [CentroidOffset(1, 2, (-3.0, math.nan), (3.0, 1.0)), CentroidOffset(3, 1, (0.0, -2.0), (math.inf, 2.0))],
+        [DescriptorRatio("spread", 2, 1, (0.5, 0.5), (2.0, 2.0)),
+         DescriptorRatio("spread", 1, 3, (1.0, 0.1), (1.5, 9.0))],
+        [DescriptorRatio("volume", 2, 1, (0.5,), (2.0,)), DescriptorRatio("volume", 3, 2, (1.0,), (4.0,))],
+        [NestedCentroid(2, 1, 0.5), NestedCentroid(3, 1, 2.0)],
+    ):
+        together = relation_penalties(relations, ctx)
+        for relation, pen in zip(relations, together):
+            alone = relation.penalty(ctx)
+            torch.testing.assert_close(pen.psi, alone.psi)
+            for field in ("active", "satisfied", "involved"):
+                assert torch.equal(getattr(pen, field), getattr(alone, field)), (relation, field)
+    with pytest.raises(ValueError, match="one kind only"):
+        relation_penalties([DescriptorRatio("volume", 2, 1, (0.5,), (2.0,)),
+                            DescriptorRatio("spread", 2, 1, (0.5, 0.5), (2.0, 2.0))], ctx)
+    with pytest.raises(ValueError, match="no bounds to replace"):
+        relation_penalties([NestedCentroid(2, 1)], ctx, (torch.zeros(2, 1, 2), torch.ones(2, 1, 2)))
+    with pytest.raises(ValueError, match=r"per-sample bounds must be \(B, 1, 2\)"):
+        CentroidOffset(1, 2, (0.0, 0.0), (1.0, 1.0)).penalty(ctx, (torch.zeros(2, 3), torch.ones(2, 3)))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: CentroidOffset(1, 2, (-1.0, 0.0), (1.0, 3.0)),
+    lambda: DescriptorRatio("spread", 2, 1, (0.5, 0.8), (2.0, 1.5)),
+])
+def test_per_sample_bounds_are_each_samples_own(make):
+    relation = make()
+    values = {"centroid": torch.randn(2, 3, 2, dtype=torch.float64) * 3,
+              "spread": torch.rand(2, 3, 2, dtype=torch.float64) + 1}
+    ctx = _ctx(values)
+    low = torch.tensor([relation.low, [v - 1 for v in relation.low]], dtype=torch.float64)
+    high = torch.tensor([relation.high, [v + 2 for v in relation.high]], dtype=torch.float64)
+    pen = relation.penalty(ctx, (low, high))
+    for b in range(2):
+        own = dataclasses.replace(relation, low=tuple(low[b].tolist()), high=tuple(high[b].tolist()))
+        sub = _ctx({k: v[b:b + 1] for k, v in values.items()})
+        torch.testing.assert_close(pen.psi[b:b + 1], own.penalty(sub).psi)

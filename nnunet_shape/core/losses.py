@@ -248,7 +248,9 @@ def shape_descriptor_loss(
         t: barrier parameter (float or 0-d tensor).
         descriptors: the descriptors to constrain.
         include_background: constrain class 0 too.
-        priors: RatioPrior / EqualCentroidPrior instances.
+        priors: RatioPrior / EqualCentroidPrior / relation instances (``name``,
+            ``required_descriptors``, ``penalty(ctx)``), or groups of them whose
+            ``penalties(ctx)`` returns ``{name: PriorPenalty}`` (evaluated together).
         reduction: "mean" -- per case, every descriptor (and prior) contributes the mean of
             its active barrier terms, these are summed, then averaged over the batch (adding
             a descriptor does not rescale the others); "sum" -- plain sum of all active terms
@@ -361,15 +363,16 @@ def shape_descriptor_loss(
 
     ctx = PriorContext(vals, present, s, extent, t, scale_mode)
     for prior in priors:
-        pen = prior.penalty(ctx)
-        psi = torch.where(pen.active, pen.psi, torch.zeros_like(pen.psi))
-        total = psi.sum(dim=1)
-        count = pen.active.sum(dim=1).to(total.dtype)
-        key = prior.name
-        raw_sum[key] = total
-        per_case[key] = total / count.clamp_min(1.0)
-        satisfied[key] = pen.satisfied
-        active_classes[key] = pen.involved
+        # a group of priors (a population prior's relations) evaluates its members together
+        named = prior.penalties(ctx) if hasattr(prior, "penalties") else {prior.name: prior.penalty(ctx)}
+        for key, pen in named.items():
+            psi = torch.where(pen.active, pen.psi, torch.zeros_like(pen.psi))
+            total = psi.sum(dim=1)
+            count = pen.active.sum(dim=1).to(total.dtype)
+            raw_sum[key] = total
+            per_case[key] = total / count.clamp_min(1.0)
+            satisfied[key] = pen.satisfied
+            active_classes[key] = pen.involved
 
     if reduction == "mean":
         terms = {k: v.mean() for k, v in per_case.items()}

@@ -52,9 +52,10 @@ from nnunet_shape.core.barrier import extended_log_barrier
 from nnunet_shape.core.bounds import DEFAULT_RELATIVE_MARGIN, RESOLUTION_FLOOR, interval_half_width
 from nnunet_shape.core.descriptors import DESCRIPTOR_NAMES, class_ratio
 from nnunet_shape.core.intensity import INTENSITY_SCALE_FLOOR, INTENSITY_VALUE_KEYS
-from nnunet_shape.core.priors import PriorContext, PriorPenalty, prior_status
+from nnunet_shape.core.priors import PriorContext, PriorPenalty
 
-__all__ = ["CentroidOffset", "DescriptorRatio", "IntensityOrder", "NestedCentroid", "Relation", "RATIO_DESCRIPTORS"]
+__all__ = ["CentroidOffset", "DescriptorRatio", "IntensityOrder", "NestedCentroid", "Relation", "RATIO_DESCRIPTORS",
+           "relation_kind", "relation_penalties"]
 
 RATIO_DESCRIPTORS = ("volume", "surface", "spread")
 #: smallest scale of a ratio constraint (ratios are unit-free)
@@ -84,15 +85,15 @@ def _check_intervals(low: tuple[float, ...], high: tuple[float, ...], where: str
 def _interval_barrier(
     value: Tensor, low: Tensor, high: Tensor, scale: Tensor, t: float | Tensor, both: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Barrier terms of ``low <= value <= high`` per component.
+    """Barrier terms of ``low <= value <= high`` per component, for R relations at once.
 
     Args:
-        value: (B, M).
-        low, high: (B|1, M) (non-finite = no constraint on that side).
-        scale: broadcastable to (B, M), positive.
-        both: (B,) bool -- the classes involved are present.
+        value: (B, R, M).
+        low, high: broadcastable to (B, R, M) (non-finite = no constraint on that side).
+        scale: broadcastable to (B, R, M), positive.
+        both: (B, R) bool -- the classes of the relation are present.
     Returns:
-        ``psi`` (B, 2M), ``active`` (B, 2M) and ``ok`` (B,): every active constraint holds.
+        ``psi`` (B, R, 2M), ``active`` (B, R, 2M) and ``ok`` (B, R): every active constraint holds.
     """
     low, high = torch.broadcast_to(low, value.shape), torch.broadcast_to(high, value.shape)
     lo_ok = torch.isfinite(low)
@@ -100,25 +101,12 @@ def _interval_barrier(
     lo_f = torch.where(lo_ok, low, torch.zeros_like(low))
     hi_f = torch.where(hi_ok, high, torch.zeros_like(high))
     scale = torch.broadcast_to(scale, value.shape)
-    z = torch.cat([(lo_f - value) / scale, (value - hi_f) / scale], dim=1)  # (B, 2M)
-    used = torch.cat([lo_ok, hi_ok], dim=1) & both.unsqueeze(1)  # (B, 2M)
+    z = torch.cat([(lo_f - value) / scale, (value - hi_f) / scale], dim=-1)  # (B, R, 2M)
+    used = torch.cat([lo_ok, hi_ok], dim=-1) & both.unsqueeze(-1)  # (B, R, 2M)
     psi = extended_log_barrier(z, t)
-    inside = (~lo_ok | (value >= lo_f)) & (~hi_ok | (value <= hi_f))  # (B, M)
-    ok = inside.all(dim=1) | ~both
+    inside = (~lo_ok | (value >= lo_f)) & (~hi_ok | (value <= hi_f))  # (B, R, M)
+    ok = inside.all(dim=-1) | ~both
     return psi, used, ok
-
-
-def _bound_tensors(relation: CentroidOffset | DescriptorRatio, like: Tensor,
-                   bounds: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
-    """The relation's own bounds as (1, M) tensors, or ``bounds`` ((B, M) each: other bounds
-    per sample, e.g. after each sample's augmentation), checked against its component count."""
-    if bounds is None:
-        return like.new_tensor(relation.low).unsqueeze(0), like.new_tensor(relation.high).unsqueeze(0)
-    low, high = (b.to(dtype=like.dtype, device=like.device) for b in bounds)
-    if low.shape != high.shape or low.ndim != 2 or low.shape[1] != len(relation.low):
-        raise ValueError(f"{relation.name}: per-sample bounds must be (B, {len(relation.low)}) each, "
-                         f"got {tuple(low.shape)} and {tuple(high.shape)}")
-    return low, high
 
 
 def _natural_ratio_scale(low: Tensor, high: Tensor) -> Tensor:
@@ -131,8 +119,126 @@ def _natural_ratio_scale(low: Tensor, high: Tensor) -> Tensor:
     return torch.where(lo_ok | hi_ok, mid.clamp_min(1e-6), torch.ones_like(mid))
 
 
-def _both_present(ctx: PriorContext, a: int, b: int) -> Tensor:
-    return ctx.present[:, a] & ctx.present[:, b]
+def relation_kind(relation: Relation) -> tuple:
+    """Relations of one kind (type, and descriptor for ratios) are evaluated together by
+    :func:`relation_penalties`."""
+    return (type(relation), getattr(relation, "descriptor", None))
+
+
+def _stacked_bounds(relations: Sequence[CentroidOffset | DescriptorRatio], like: Tensor,
+                    bounds: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    """The relations' own bounds as (1, R, M) tensors, or ``bounds`` ((B, R, M) each: other
+    bounds per sample, e.g. after each sample's augmentation), checked against the components."""
+    m = len(relations[0].low)
+    if bounds is None:
+        return (like.new_tensor([r.low for r in relations]).unsqueeze(0),
+                like.new_tensor([r.high for r in relations]).unsqueeze(0))
+    low, high = (b.to(dtype=like.dtype, device=like.device) for b in bounds)
+    if low.shape != high.shape or low.ndim != 3 or low.shape[1:] != (len(relations), m):
+        raise ValueError(f"{relations[0].name}: per-sample bounds must be (B, {len(relations)}, {m}) each, "
+                         f"got {tuple(low.shape)} and {tuple(high.shape)}")
+    return low, high
+
+
+def relation_penalties(
+    relations: Sequence[Relation], ctx: PriorContext, bounds: tuple[Tensor, Tensor] | None = None
+) -> list[PriorPenalty]:
+    """The :class:`~nnunet_shape.core.priors.PriorPenalty` of each of R relations of ONE kind
+    (:func:`relation_kind`), computed in one set of tensor operations over (B, R, ...) -- what
+    every relation's ``penalty`` is (R = 1), and how a population prior's relations are
+    evaluated in a training step (a few dozen small relations would otherwise cost more than the
+    descriptors they relate).
+
+    ``bounds``: (B, R, M) low and high replacing the relations' own bounds with one interval per
+    sample and relation (:class:`CentroidOffset`, :class:`DescriptorRatio` only).
+    """
+    if not relations:
+        return []
+    kind = relation_kind(relations[0])
+    if any(relation_kind(r) != kind for r in relations):
+        kinds = sorted({f"{type(r).__name__}({getattr(r, 'descriptor', '')})" for r in relations})
+        raise ValueError(f"relation_penalties: relations of one kind only, got {kinds}")
+    if bounds is not None and kind[0] not in (CentroidOffset, DescriptorRatio):
+        raise ValueError(f"relation_penalties: {kind[0].__name__} has no bounds to replace")
+    device = ctx.present.device
+
+    def index(field: str) -> Tensor:
+        return torch.tensor([getattr(r, field) for r in relations], dtype=torch.long, device=device)
+
+    if kind[0] is CentroidOffset:
+        first, second = index("class_from"), index("class_to")
+        c = ctx.values["centroid"]
+        for r in relations:
+            if c.shape[-1] != len(r.low):
+                raise ValueError(f"{r.name}: {len(r.low)} bounds per offset, but the centroids have "
+                                 f"{c.shape[-1]} axes")
+        value = c[:, second] - c[:, first]  # (B, R, D)
+        low, high = _stacked_bounds(relations, value, bounds)
+        if ctx.scale_mode == "natural":
+            scale = ctx.extent.to(value.dtype).unsqueeze(1)
+        else:
+            scale = interval_half_width(low, high, RESOLUTION_FLOOR * ctx.spacing.to(value.dtype).unsqueeze(1))
+        both = ctx.present[:, first] & ctx.present[:, second]  # (B, R)
+        psi, active, ok = _interval_barrier(value, low, high, scale, ctx.t, both)
+    elif kind[0] is DescriptorRatio:
+        first, second = index("numerator"), index("denominator")
+        ratio = class_ratio(ctx.values[kind[1]], first, second)  # (B, R, ...)
+        value = ratio.reshape(ratio.shape[0], len(relations), -1)  # (B, R, M)
+        for r in relations:
+            if value.shape[2] != len(r.low):
+                raise ValueError(f"{r.name}: {len(r.low)} bounds, but the ratio has {value.shape[2]} components")
+        low, high = _stacked_bounds(relations, value, bounds)
+        if ctx.scale_mode == "natural":
+            scale = _natural_ratio_scale(low, high)
+        else:
+            scale = interval_half_width(low, high, RATIO_SCALE_FLOOR)
+        both = ctx.present[:, first] & ctx.present[:, second]
+        psi, active, ok = _interval_barrier(value, low, high, scale, ctx.t, both)
+    elif kind[0] is NestedCentroid:
+        first, second = index("inner"), index("outer")
+        c = ctx.values["centroid"]
+        difference = c[:, first] - c[:, second]  # (B, R, D)
+        factor = difference.new_tensor([r.factor for r in relations]).view(1, -1, 1)
+        reach = factor * ctx.values["spread"][:, second].to(difference.dtype)  # (B, R, D)
+        extent, spacing = ctx.extent.to(difference.dtype), ctx.spacing.to(difference.dtype)
+        scale = torch.maximum(DEFAULT_RELATIVE_MARGIN * extent, RESOLUTION_FLOOR * spacing).unsqueeze(1)
+        z = torch.cat([(difference - reach) / scale, (-difference - reach) / scale], dim=-1)  # (B, R, 2D)
+        both = ctx.present[:, first] & ctx.present[:, second]
+        psi = extended_log_barrier(z, ctx.t)
+        active = both.unsqueeze(-1).expand_as(z)
+        ok = (difference.abs() <= reach).all(dim=-1) | ~both
+    else:  # IntensityOrder
+        key = INTENSITY_VALUE_KEYS["mean"]
+        if key not in ctx.values:
+            raise ValueError(f"{relations[0].name}: the loss has no {key!r} values; call "
+                             f"shape_descriptor_loss(..., values=intensity_values(probs, image))")
+        mean = ctx.values[key]  # (B, K, C)
+        for r in relations:
+            if r.channel >= mean.shape[2]:
+                raise ValueError(f"{r.name}: channel {r.channel}, but the image has {mean.shape[2]} channel(s)")
+        first, second, channel = index("brighter"), index("darker"), index("channel")
+        value = (mean[:, first, channel] - mean[:, second, channel]).unsqueeze(-1)  # (B, R, 1)
+        low = value.new_tensor([r.min_difference for r in relations]).view(1, -1, 1)
+        high = torch.full_like(low, math.inf)
+        scale = interval_half_width(low, high, INTENSITY_SCALE_FLOOR)
+        both = ctx.present[:, first] & ctx.present[:, second]
+        psi, active, ok = _interval_barrier(value, low, high, scale, ctx.t, both)
+    # per class: involved where the relation has an active term and names the class (prior_status)
+    batch, num_classes = ctx.present.shape
+    names = torch.zeros(len(relations), num_classes, dtype=torch.bool, device=device)
+    rows = torch.arange(len(relations), device=device)
+    names[rows, first] = True
+    names[rows, second] = True
+    involved = names.unsqueeze(0) & active.any(dim=-1, keepdim=True)  # (B, R, K)
+    satisfied = torch.where(involved, ok.unsqueeze(-1), torch.ones_like(involved))
+    return [PriorPenalty(psi[:, r], active[:, r], satisfied[:, r], involved[:, r]) for r in range(len(relations))]
+
+
+def _one(relation: Relation, ctx: PriorContext, bounds: tuple[Tensor, Tensor] | None = None) -> PriorPenalty:
+    """One relation's penalty; ``bounds``: (B, M) low and high per sample."""
+    if bounds is not None:
+        bounds = (bounds[0].unsqueeze(1), bounds[1].unsqueeze(1))
+    return relation_penalties([relation], ctx, bounds)[0]
 
 
 @dataclass(frozen=True)
@@ -164,22 +270,9 @@ class CentroidOffset:
         return ("centroid",)
 
     def penalty(self, ctx: PriorContext, bounds: tuple[Tensor, Tensor] | None = None) -> PriorPenalty:
-        """The barrier terms; ``bounds`` ((B, D) low and high) replaces ``low``/``high`` with
-        one box per sample (a batch whose samples were augmented differently)."""
-        c = ctx.values["centroid"]
-        if c.shape[-1] != len(self.low):
-            raise ValueError(
-                f"{self.name}: {len(self.low)} bounds per offset, but the centroids have {c.shape[-1]} axes"
-            )
-        offset = c[:, self.class_to] - c[:, self.class_from]  # (B, D)
-        low, high = _bound_tensors(self, offset, bounds)
-        if ctx.scale_mode == "natural":
-            scale = ctx.extent.to(offset.dtype)
-        else:
-            scale = interval_half_width(low, high, RESOLUTION_FLOOR * ctx.spacing.to(offset.dtype))
-        both = _both_present(ctx, self.class_from, self.class_to)
-        psi, active, ok = _interval_barrier(offset, low, high, scale, ctx.t, both)
-        return prior_status(psi, active, ok, (self.class_from, self.class_to), ctx)
+        """The barrier terms (:func:`relation_penalties`); ``bounds`` ((B, D) low and high)
+        replaces ``low``/``high`` with one box per sample (a batch augmented sample by sample)."""
+        return _one(self, ctx, bounds)
 
 
 @dataclass(frozen=True)
@@ -218,21 +311,9 @@ class DescriptorRatio:
         return (self.descriptor,)
 
     def penalty(self, ctx: PriorContext, bounds: tuple[Tensor, Tensor] | None = None) -> PriorPenalty:
-        """The barrier terms; ``bounds`` ((B, M) low and high) replaces ``low``/``high`` with
-        one interval per sample (a batch whose samples were augmented differently)."""
-        values = ctx.values[self.descriptor]
-        ratio = class_ratio(values, self.numerator, self.denominator)
-        ratio = ratio.reshape(ratio.shape[0], -1)  # (B, M)
-        if ratio.shape[1] != len(self.low):
-            raise ValueError(f"{self.name}: {len(self.low)} bounds, but the ratio has {ratio.shape[1]} components")
-        low, high = _bound_tensors(self, ratio, bounds)
-        if ctx.scale_mode == "natural":
-            scale = _natural_ratio_scale(low, high)
-        else:
-            scale = interval_half_width(low, high, RATIO_SCALE_FLOOR)
-        both = _both_present(ctx, self.numerator, self.denominator)
-        psi, active, ok = _interval_barrier(ratio, low, high, scale, ctx.t, both)
-        return prior_status(psi, active, ok, (self.numerator, self.denominator), ctx)
+        """The barrier terms (:func:`relation_penalties`); ``bounds`` ((B, M) low and high)
+        replaces ``low``/``high`` with one interval per sample (a batch augmented sample by sample)."""
+        return _one(self, ctx, bounds)
 
 
 @dataclass(frozen=True)
@@ -258,17 +339,8 @@ class NestedCentroid:
         return ("centroid", "spread")
 
     def penalty(self, ctx: PriorContext) -> PriorPenalty:
-        c = ctx.values["centroid"]
-        difference = c[:, self.inner] - c[:, self.outer]  # (B, D)
-        reach = self.factor * ctx.values["spread"][:, self.outer].to(difference.dtype)  # (B, D)
-        extent = ctx.extent.to(difference.dtype)
-        scale = torch.maximum(DEFAULT_RELATIVE_MARGIN * extent, RESOLUTION_FLOOR * ctx.spacing.to(difference.dtype))
-        z = torch.cat([(difference - reach) / scale, (-difference - reach) / scale], dim=1)  # (B, 2D)
-        both = _both_present(ctx, self.inner, self.outer)
-        psi = extended_log_barrier(z, ctx.t)
-        active = both.unsqueeze(1).expand_as(z)
-        ok = (difference.abs() <= reach).all(dim=1) | ~both
-        return prior_status(psi, active, ok, (self.inner, self.outer), ctx)
+        """The barrier terms (:func:`relation_penalties`)."""
+        return _one(self, ctx)
 
 
 @dataclass(frozen=True)
@@ -303,19 +375,8 @@ class IntensityOrder:
         return ()  # not a shape descriptor: the caller passes the means as values
 
     def penalty(self, ctx: PriorContext) -> PriorPenalty:
-        key = INTENSITY_VALUE_KEYS["mean"]
-        if key not in ctx.values:
-            raise ValueError(f"{self.name}: the loss has no {key!r} values; call "
-                             f"shape_descriptor_loss(..., values=intensity_values(probs, image))")
-        mean = ctx.values[key]  # (B, K, C)
-        if self.channel >= mean.shape[2]:
-            raise ValueError(f"{self.name}: channel {self.channel}, but the image has {mean.shape[2]} channel(s)")
-        difference = (mean[:, self.brighter, self.channel] - mean[:, self.darker, self.channel]).unsqueeze(1)
-        low, high = difference.new_tensor([[self.min_difference]]), difference.new_tensor([[math.inf]])
-        scale = interval_half_width(low, high, INTENSITY_SCALE_FLOOR)
-        both = _both_present(ctx, self.brighter, self.darker)
-        psi, active, ok = _interval_barrier(difference, low, high, scale, ctx.t, both)
-        return prior_status(psi, active, ok, (self.brighter, self.darker), ctx)
+        """The barrier terms (:func:`relation_penalties`)."""
+        return _one(self, ctx)
 
 
 Relation = CentroidOffset | DescriptorRatio | NestedCentroid | IntensityOrder

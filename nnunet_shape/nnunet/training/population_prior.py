@@ -50,7 +50,15 @@ from nnunet_shape.core.bounds import DescriptorBounds
 from nnunet_shape.core.geometry import clean_round_off, interval_linear, monomial_parts, physical_affine
 from nnunet_shape.core.intensity import intensity_values
 from nnunet_shape.core.priors import PriorContext, PriorPenalty
-from nnunet_shape.core.relations import CentroidOffset, DescriptorRatio, IntensityOrder, NestedCentroid, Relation
+from nnunet_shape.core.relations import (
+    CentroidOffset,
+    DescriptorRatio,
+    IntensityOrder,
+    NestedCentroid,
+    Relation,
+    relation_kind,
+    relation_penalties,
+)
 from nnunet_shape.descriptor_files.measure import geometry_from_properties
 from nnunet_shape.descriptor_files.population_prior import (
     POPULATION_PRIOR_FILE_NAME,
@@ -145,9 +153,7 @@ class PerSampleRelation:
     ``priors`` protocol). ``per_sample[b]`` is None where the relation was dropped for sample b.
 
     The samples' relations are one statement (same type, classes, descriptor) whose bounds
-    differ only by each sample's augmentation, so the penalty is evaluated once for the whole
-    batch with (B, M) bounds -- one set of small tensor operations per relation and step,
-    not one per sample (benchmarks/prior_relations.py)."""
+    differ only by each sample's augmentation."""
 
     name: str
     per_sample: tuple[Relation | None, ...]
@@ -160,38 +166,79 @@ class PerSampleRelation:
                                  f"bounds; got {kept[0]!r} and {relation!r}")
 
     @property
+    def template(self) -> Relation | None:
+        """The statement (the first sample's relation that was not dropped), None if dropped in all."""
+        return next((r for r in self.per_sample if r is not None), None)
+
+    @property
     def required_descriptors(self) -> tuple[str, ...]:
-        template = next((r for r in self.per_sample if r is not None), None)
-        return () if template is None else template.required_descriptors
+        return () if self.template is None else self.template.required_descriptors
 
     def penalty(self, ctx: PriorContext) -> PriorPenalty:
-        batch, num_classes = ctx.present.shape
-        if len(self.per_sample) != batch:
-            raise ValueError(f"{self.name}: relations for {len(self.per_sample)} samples, batch of {batch}")
-        template = next((r for r in self.per_sample if r is not None), None)
-        if template is None:  # dropped in every sample: no terms
-            dtype = ctx.values[next(iter(ctx.values))].dtype
-            psi = torch.zeros(batch, 0, dtype=dtype, device=ctx.present.device)
-            return PriorPenalty(psi, psi.bool(), torch.ones_like(ctx.present), torch.zeros_like(ctx.present))
-        if isinstance(template, (CentroidOffset, DescriptorRatio)):
-            like = ctx.values[template.required_descriptors[0]]
-            low = like.new_tensor([(r or template).low for r in self.per_sample])  # (B, M)
-            high = like.new_tensor([(r or template).high for r in self.per_sample])
-            pen = template.penalty(ctx, bounds=(low, high))
-        else:  # no bounds that an augmentation moves: the same statement in every sample
-            pen = template.penalty(ctx)
-        if all(r is not None for r in self.per_sample):
-            return pen
-        kept = torch.tensor([r is not None for r in self.per_sample], device=pen.psi.device).unsqueeze(1)
-        return PriorPenalty(torch.where(kept, pen.psi, torch.zeros_like(pen.psi)), pen.active & kept,
-                            pen.satisfied | ~kept, pen.involved & kept)
+        return BatchRelations((self,)).penalties(ctx)[self.name]
 
 
-def batch_relations(per_sample: Sequence[Sequence[Relation | None]]) -> tuple[PerSampleRelation, ...]:
-    """``per_sample[b][r]`` (relation r of sample b) -> one :class:`PerSampleRelation` per r,
-    with unique names (two relations of one pair and type get an index suffix)."""
+@dataclass(frozen=True)
+class BatchRelations:
+    """Every relation of the prior for one batch, a group in the loss's ``priors``: the
+    relations of one kind (all centroid offsets, all volume ratios, ...) are evaluated in one
+    set of tensor operations over (B, R, M) bounds (:func:`~nnunet_shape.core.relations.relation_penalties`),
+    not relation by relation nor sample by sample; a sample where a relation was dropped has no
+    active term of it (benchmarks/prior_relations.py)."""
+
+    relations: tuple[PerSampleRelation, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.relations)
+
+    @property
+    def required_descriptors(self) -> tuple[str, ...]:
+        names: list[str] = []
+        for relation in self.relations:
+            names += [n for n in relation.required_descriptors if n not in names]
+        return tuple(names)
+
+    def penalties(self, ctx: PriorContext) -> dict[str, PriorPenalty]:
+        batch = ctx.present.shape[0]
+        groups: dict[tuple, list[PerSampleRelation]] = {}
+        out: dict[str, PriorPenalty] = {}
+        for relation in self.relations:
+            if len(relation.per_sample) != batch:
+                raise ValueError(f"{relation.name}: relations for {len(relation.per_sample)} samples, batch of {batch}")
+            if relation.template is None:  # dropped in every sample: no terms
+                dtype = ctx.values[next(iter(ctx.values))].dtype
+                psi = torch.zeros(batch, 0, dtype=dtype, device=ctx.present.device)
+                out[relation.name] = PriorPenalty(psi, psi.bool(), torch.ones_like(ctx.present),
+                                                  torch.zeros_like(ctx.present))
+            else:
+                groups.setdefault(relation_kind(relation.template), []).append(relation)
+        for kind, members in groups.items():
+            templates = [m.template for m in members]
+            bounds = None
+            if kind[0] in (CentroidOffset, DescriptorRatio):  # bounds that each sample's augmentation moved
+                like = ctx.values[templates[0].required_descriptors[0]]
+                # a dropped sample keeps the statement's bounds: its terms are masked below
+                rows = [[m.per_sample[b] or m.template for m in members] for b in range(batch)]
+                bounds = (like.new_tensor([[r.low for r in row] for row in rows]),  # (B, R, M)
+                          like.new_tensor([[r.high for r in row] for row in rows]))
+            penalties = relation_penalties(templates, ctx, bounds)
+            for member, pen in zip(members, penalties):
+                if all(r is not None for r in member.per_sample):
+                    out[member.name] = pen
+                    continue
+                kept = torch.tensor([r is not None for r in member.per_sample], device=pen.psi.device).unsqueeze(1)
+                out[member.name] = PriorPenalty(torch.where(kept, pen.psi, torch.zeros_like(pen.psi)),
+                                                pen.active & kept, pen.satisfied | ~kept, pen.involved & kept)
+        return {name: out[name] for name in self.names}
+
+
+def batch_relations(per_sample: Sequence[Sequence[Relation | None]]) -> BatchRelations:
+    """``per_sample[b][r]`` (relation r of sample b) -> the :class:`BatchRelations` of one
+    :class:`PerSampleRelation` per r, with unique names (two relations of one pair and type get
+    an index suffix)."""
     if not per_sample:
-        return ()
+        return BatchRelations(())
     count = len(per_sample[0])
     out, seen = [], set()
     for r in range(count):
@@ -201,7 +248,7 @@ def batch_relations(per_sample: Sequence[Sequence[Relation | None]]) -> tuple[Pe
             name = f"{name}__{r}"
         seen.add(name)
         out.append(PerSampleRelation(name, column))
-    return tuple(out)
+    return BatchRelations(tuple(out))
 
 
 def relation_codes(result, names: Sequence[str], num_classes: int) -> torch.Tensor:
@@ -326,7 +373,7 @@ class nnUNetTrainerShapePopulationPrior(nnUNetTrainerShapeDescriptorsFromFile):
                                        "relations have no per-axis meaning after it and are skipped for such "
                                        "samples (offsets and volume ratios are kept)")
             per_sample.append(moved)
-        self.loss.priors = batch_relations(per_sample)
+        self.loss.priors = (batch_relations(per_sample),)
         return bounds, spacing
 
     # ----------------------------------------------------------------------- satisfaction
@@ -334,7 +381,7 @@ class nnUNetTrainerShapePopulationPrior(nnUNetTrainerShapeDescriptorsFromFile):
         self._loss_results.clear()
         loss, output, satisfied = super()._descriptor_step(batch)
         soft, hard = self._loss_results[0], self._loss_results[-1]
-        names = [p.name for p in self.loss.priors]
+        names = self.loss.priors[0].names
         k = self.label_manager.num_segmentation_heads
         satisfied[f"satisfied_{RELATIONS_KEY}"] = relation_codes(soft, names, k)
         satisfied[f"hard_satisfied_{RELATIONS_KEY}"] = relation_codes(hard, names, k)
