@@ -63,7 +63,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py --output benchmarks/results.md
 
 # Every GPU claim of docs/performance.md on one CUDA GPU, < 8 min: one table, JSON in benchmarks/.
-# `benchmarks/gpu_check.py --small` is the CPU rehearsal (run by `make test`).
+# `benchmarks/gpu_check.py --small` is the CPU rehearsal (run by `make test-slow`).
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py --device $(DEVICE) --output benchmarks/gpu_check.json
 

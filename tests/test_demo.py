@@ -639,6 +639,7 @@ def _component_sizes(mask: np.ndarray) -> set[int]:
     return {int(n) for n in np.bincount(components.ravel())[1:]}
 
 
+@pytest.mark.slow  # ~2.5 min on 2 cores: the whole make demo pipeline at _debug (CI runs it in make test-slow)
 def test_demo_smoke_run(tmp_path):
     """Phantoms -> plan -> train (3 x _debug) -> predict -> postprocess -> evaluate -> report."""
     output = tmp_path / "demo_output"

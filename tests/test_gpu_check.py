@@ -34,6 +34,7 @@ def _rows(result: dict, part: int) -> list[dict]:
     return next(p for p in result["parts"] if p["part"] == part)["rows"]
 
 
+@pytest.mark.slow  # ~2.5 min on 2 cores: every part of the GPU check at small sizes (CI: make test-slow)
 def test_small_run_measures_every_part(small_run):
     result, stdout = small_run
     assert result["settings"] == "small" and result["device"] == "cpu"
