@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_ABSOLUTE_MARGIN",
     "RESOLUTION_FLOOR",
     "interval_half_width",
+    "interval_midpoint",
 ]
 
 NON_NEGATIVE_DESCRIPTORS = frozenset({"volume", "surface", "spread"})
@@ -57,6 +58,15 @@ def interval_half_width(
     up = torch.where(up_ok, upper, torch.zeros_like(upper))
     half = torch.where(lo_ok & up_ok, (up - lo).abs() / 2, DEFAULT_RELATIVE_MARGIN * (lo + up).abs())
     return torch.maximum(half, torch.as_tensor(floor, dtype=half.dtype, device=half.device))
+
+
+def interval_midpoint(lower: Tensor, upper: Tensor) -> Tensor:
+    """The middle of ``[lower, upper]``, the finite bound when one-sided, 0 when unbounded (the
+    magnitude of ``scale_mode="natural"``)."""
+    lo_ok, up_ok = torch.isfinite(lower), torch.isfinite(upper)
+    lo = torch.where(lo_ok, lower, torch.zeros_like(lower))
+    up = torch.where(up_ok, upper, torch.zeros_like(upper))
+    return torch.where(lo_ok & up_ok, (lo + up) / 2, lo + up)
 
 
 def descriptor_shape(name: str, batch: int, classes: int, ndim: int) -> tuple[int, ...]:

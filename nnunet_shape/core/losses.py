@@ -60,6 +60,7 @@ from nnunet_shape.core.bounds import (
     bounds_from_targets,
     descriptor_shape,
     interval_half_width,
+    interval_midpoint,
 )
 from nnunet_shape.core.descriptors import (
     DESCRIPTOR_NAMES,
@@ -157,7 +158,7 @@ def _natural_scale(name: str, lower: Tensor, upper: Tensor, extent: Tensor, ndim
         floor = ABSENT_VOLUME_FRACTION * image_volume
     else:  # surface
         floor = SURFACE_SCALE_FRACTION * image_volume ** ((ndim - 1) / ndim)
-    return torch.maximum(_midpoint(lower, upper).abs(), floor)
+    return torch.maximum(interval_midpoint(lower, upper).abs(), floor)
 
 
 def _resolution_floor(name: str, spacing: Tensor, ndim: int) -> Tensor:
@@ -193,13 +194,6 @@ def _half_width_scale(
         absent_scale = (ABSENT_VOLUME_FRACTION * image_volume).expand_as(half)
         half = torch.where(present, half, absent_scale)
     return half
-
-
-def _midpoint(lower: Tensor, upper: Tensor) -> Tensor:
-    lo_ok, up_ok = torch.isfinite(lower), torch.isfinite(upper)
-    lo = torch.where(lo_ok, lower, torch.zeros_like(lower))
-    up = torch.where(up_ok, upper, torch.zeros_like(upper))
-    return torch.where(lo_ok & up_ok, (lo + up) / 2, lo + up)
 
 
 def _check_bounds_shapes(

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from nnunet_shape.core.barrier import extended_log_barrier
-from nnunet_shape.core.bounds import DEFAULT_RELATIVE_MARGIN, RESOLUTION_FLOOR, interval_half_width
+from nnunet_shape.core.bounds import DEFAULT_RELATIVE_MARGIN, RESOLUTION_FLOOR, interval_half_width, interval_midpoint
 from nnunet_shape.core.descriptors import DESCRIPTOR_NAMES, class_ratio
 from nnunet_shape.core.intensity import INTENSITY_SCALE_FLOOR, INTENSITY_VALUE_KEYS
 from nnunet_shape.core.priors import PriorContext, PriorPenalty
@@ -112,11 +112,8 @@ def _interval_barrier(
 def _natural_ratio_scale(low: Tensor, high: Tensor) -> Tensor:
     """``scale_mode="natural"`` of a ratio: the interval's midpoint (the finite bound when
     one-sided; 1 when unbounded), at least 1e-6."""
-    lo_ok, hi_ok = torch.isfinite(low), torch.isfinite(high)
-    lo = torch.where(lo_ok, low, torch.zeros_like(low))
-    hi = torch.where(hi_ok, high, torch.zeros_like(high))
-    mid = torch.where(lo_ok & hi_ok, (lo + hi) / 2, lo + hi).abs()
-    return torch.where(lo_ok | hi_ok, mid.clamp_min(1e-6), torch.ones_like(mid))
+    bounded = torch.isfinite(low) | torch.isfinite(high)
+    return torch.where(bounded, interval_midpoint(low, high).abs().clamp_min(1e-6), torch.ones_like(low))
 
 
 def relation_kind(relation: Relation) -> tuple:
